@@ -1,0 +1,119 @@
+"""The in-process engine: rounds of sample -> local update (all sampled clients at once) -> aggregate.
+
+Local-only, the federated strategy and pooled training are this one loop with a different
+strategy or federation, so every number in the before/after table comes from the same code.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from fedbridge.experiment import Experiment
+from fedbridge.federation import Client, Federation
+from fedbridge.local import Recipe, client_generator, evaluate, local_update
+from fedbridge.models import build_model, init_params
+from fedbridge.optim import Params
+from fedbridge.strategies.api import ServerState, Strategy
+from fedbridge.strategies.fedavg import FEDAVG
+from fedbridge.strategies.local_only import LOCAL_ONLY
+
+STREAM_INIT, STREAM_SAMPLE, STREAM_BATCHES = 10, 11, 12
+
+Record = dict  # one metrics.jsonl line
+
+
+def recipe(exp: Experiment) -> Recipe:
+    t = exp.train
+    return Recipe(t.optimizer, t.lr, t.batch_size, t.local_epochs, t.momentum)
+
+
+def sample_clients(n_clients: int, fraction: float, seed: int, round_: int) -> torch.Tensor:
+    """max(1, round(C*K)) distinct clients, in increasing order (McMahan et al.)."""
+    m = max(1, round(fraction * n_clients))
+    if m == n_clients:
+        return torch.arange(n_clients)
+    order = torch.randperm(n_clients, generator=client_generator(seed, STREAM_SAMPLE, round_))
+    return order[:m].sort().values
+
+
+def pooled(federation: Federation) -> list[torch.Tensor]:
+    """Training rows of one client holding everyone's data."""
+    return [torch.cat([c.train_rows for c in federation.clients])]
+
+
+@dataclass
+class Plan:
+    strategy: Strategy
+    train_rows: list[torch.Tensor]  # rows per training participant
+    fraction: float
+
+
+def plan(method: str, federation: Federation, exp: Experiment) -> Plan:
+    rows = [c.train_rows for c in federation.clients]
+    if method == "local":
+        return Plan(LOCAL_ONLY, rows, 1.0)
+    if method == "pooled":
+        return Plan(FEDAVG, pooled(federation), 1.0)
+    return Plan(FEDAVG, rows, exp.train.client_fraction)
+
+
+def evaluate_clients(
+    model: torch.nn.Module, state: ServerState, federation: Federation, cross: bool
+) -> list[tuple[Client, str, float, float]]:
+    """(client, test set, accuracy, loss) for each client's model on its own and the clean test set,
+    and with `cross`, on every other client's own test data."""
+    clients = federation.clients
+    m = next(iter(state.params.values())).shape[0]
+    out = []
+    clean_acc, clean_loss = evaluate(model, state.params, federation.clean_test_images, federation.clean_test_labels)
+    for target in clients:
+        # every model on this test set in one batched call, then read off the rows we need
+        acc, loss = evaluate(model, state.params, target.test_images, target.test_labels)
+        for c in clients:
+            i = c.index if m > 1 else 0
+            if c is target:
+                out.append((c, "own", acc[i].item(), loss[i].item()))
+            elif cross:
+                out.append((c, f"client:{target.index + 1}", acc[i].item(), loss[i].item()))
+    for c in clients:
+        i = c.index if m > 1 else 0
+        out.append((c, "clean", clean_acc[i].item(), clean_loss[i].item()))
+    return out
+
+
+def train(
+    method: str,
+    federation: Federation,
+    exp: Experiment,
+    seed: int,
+    on_round: Callable[[int, list[Record]], None] = lambda r, recs: None,
+) -> Params:
+    """Run `exp.train.rounds` rounds of `method` and return the final server parameters."""
+    model = build_model(exp.model, federation.input_shape, federation.num_classes)
+    initial = {n: p.unsqueeze(0) for n, p in init_params(model, client_generator(seed, STREAM_INIT)).items()}
+    p = plan(method, federation, exp)
+    state = p.strategy.init(initial, len(p.train_rows))
+    how = recipe(exp)
+    rounds = exp.train.rounds
+    for r in range(1, rounds + 1):
+        ids = sample_clients(len(p.train_rows), p.fraction, seed, r)
+        rows = [p.train_rows[i] for i in ids.tolist()]
+        generators = [client_generator(seed, STREAM_BATCHES, r, i) for i in ids.tolist()]
+        result = local_update(
+            model, p.strategy.client_start(state, ids),
+            federation.train_images, federation.train_labels, rows, how, generators,
+        )
+        weights = torch.tensor([float(len(x)) for x in rows])
+        state = p.strategy.aggregate(state, ids, result.params, weights)
+        if r % exp.eval.every == 0 or r == rounds:
+            cross = exp.eval.cross_clients and r == rounds
+            records = [
+                {
+                    "seed": seed, "method": method, "round": r, "client": c.index + 1,
+                    "profile": c.profile, "test_set": test_set, "accuracy": acc, "loss": loss,
+                }
+                for c, test_set, acc, loss in evaluate_clients(model, state, federation, cross)
+            ]
+            on_round(r, records)
+    return state.params

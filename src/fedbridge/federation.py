@@ -1,0 +1,95 @@
+"""A federation: K clients, each with its own train rows, own test split and data-quality profile.
+
+Built once per seed from a dataset and an experiment: partition -> per-client train/test split ->
+corruption (applied once, seeded, to train and own-test data alike).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedbridge.data import corrupt, partition
+from fedbridge.data.idx import Dataset
+from fedbridge.experiment import Experiment, IID, Dirichlet, Quantity, Shards, Sizes
+from fedbridge.local import client_generator
+
+# independent random streams derived from the seed, so changing one never shifts another
+STREAM_PARTITION, STREAM_TRAIN_NOISE, STREAM_TEST_NOISE = 1, 2, 3
+
+
+@dataclass
+class Client:
+    index: int  # 0-based; shown to people as index + 1
+    profile: str
+    train_rows: torch.Tensor  # rows of Federation.train_images
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+@dataclass
+class Federation:
+    dataset: str
+    source: str
+    num_classes: int
+    train_images: torch.Tensor  # float32 [N, C, H, W] in [0, 1], each client's rows with its own profile
+    train_labels: torch.Tensor  # int64 [N]
+    clients: list[Client]
+    clean_test_images: torch.Tensor
+    clean_test_labels: torch.Tensor
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_images.shape[1:])
+
+
+def to_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W] -> float32 [N, 1, H, W] in [0, 1]."""
+    return torch.from_numpy(images).unsqueeze(1).float().div_(255.0)
+
+
+def split_clients(labels: np.ndarray, exp: Experiment, rng: np.random.Generator) -> list[np.ndarray]:
+    p, k = exp.partition, exp.n_clients
+    if isinstance(p, IID):
+        return partition.iid(labels, k, rng, samples_per_client=p.samples_per_client)
+    if isinstance(p, Dirichlet):
+        return partition.dirichlet(labels, k, p.alpha, rng, min_size=p.min_size)
+    if isinstance(p, Shards):
+        return partition.shards(labels, k, rng, shards_per_client=p.shards_per_client, shard_size=p.shard_size)
+    if isinstance(p, Quantity):
+        return partition.quantity(labels, k, p.alpha, rng, min_size=p.min_size)
+    assert isinstance(p, Sizes)
+    return partition.sizes(labels, p.sizes, rng)
+
+
+def build_federation(dataset: Dataset, exp: Experiment, seed: int) -> Federation:
+    rng = np.random.default_rng([seed, STREAM_PARTITION])
+    parts = split_clients(dataset.train_labels, exp, rng)
+    images, labels, clients = [], [], []
+    offset = 0
+    for i, (rows, profile) in enumerate(zip(parts, exp.profiles)):
+        train_idx, test_idx = partition.train_test_split(rows, exp.test_fraction, rng)
+        x_train, y_train = corrupt.apply_profile(
+            profile.name, profile.params,
+            to_float(dataset.train_images[train_idx]), torch.from_numpy(dataset.train_labels[train_idx]),
+            dataset.num_classes, client_generator(seed, STREAM_TRAIN_NOISE, i),
+        )
+        x_test, y_test = corrupt.apply_profile(
+            profile.name, profile.params,
+            to_float(dataset.train_images[test_idx]), torch.from_numpy(dataset.train_labels[test_idx]),
+            dataset.num_classes, client_generator(seed, STREAM_TEST_NOISE, i),
+        )
+        images.append(x_train)
+        labels.append(y_train)
+        clients.append(Client(i, profile.label, torch.arange(offset, offset + len(x_train)), x_test, y_test))
+        offset += len(x_train)
+    return Federation(
+        dataset=dataset.name,
+        source=dataset.source,
+        num_classes=dataset.num_classes,
+        train_images=torch.cat(images),
+        train_labels=torch.cat(labels),
+        clients=clients,
+        clean_test_images=to_float(dataset.test_images),
+        clean_test_labels=torch.from_numpy(dataset.test_labels),
+    )

@@ -1,0 +1,69 @@
+"""Client optimizers on stacked parameters: every tensor has a leading client axis [K, ...].
+
+A client whose local data ran out this step (active[k] is False) keeps its parameters and its
+optimizer state untouched, so shorter clients behave exactly as if trained alone.
+Optimizer state starts fresh at every round, as in FedAvg (clients keep no state between rounds).
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+
+Params = dict[str, torch.Tensor]
+
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclass
+class OptimizerState:
+    steps: torch.Tensor  # [K] optimizer steps taken per client
+    first: Params = field(default_factory=dict)  # SGD momentum buffer, or Adam's first moment
+    second: Params = field(default_factory=dict)  # Adam's second moment
+
+
+def init_state(params: Params, optimizer: str) -> OptimizerState:
+    k = next(iter(params.values())).shape[0]
+    state = OptimizerState(steps=torch.zeros(k))
+    if optimizer == "adam":
+        state.first = {n: torch.zeros_like(p) for n, p in params.items()}
+        state.second = {n: torch.zeros_like(p) for n, p in params.items()}
+    return state
+
+
+def _per_client(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+@torch.no_grad()
+def step(
+    params: Params,
+    grads: Params,
+    state: OptimizerState,
+    active: torch.Tensor,
+    *,
+    optimizer: str,
+    lr: float,
+    momentum: float = 0.0,
+) -> None:
+    """One step in place for the active clients; matches torch.optim.SGD / torch.optim.Adam."""
+    state.steps += active.to(state.steps.dtype)
+    for name, p in params.items():
+        g = grads[name]
+        on = _per_client(active, p)
+        if optimizer == "sgd":
+            if momentum:
+                buf = state.first.get(name)
+                # torch.optim.SGD's first momentum step copies the gradient
+                new_buf = g.clone() if buf is None else buf * momentum + g
+                state.first[name] = new_buf if buf is None else torch.where(on, new_buf, buf)
+                g = state.first[name]
+            p.sub_(torch.where(on, g * lr, torch.zeros_like(g)))
+        else:
+            beta1, beta2 = ADAM_BETAS
+            m, v = state.first[name], state.second[name]
+            m.copy_(torch.where(on, m * beta1 + g * (1 - beta1), m))
+            v.copy_(torch.where(on, v * beta2 + g * g * (1 - beta2), v))
+            t = _per_client(state.steps.clamp_min(1), p)
+            denom = (v / (1 - beta2**t)).sqrt() + ADAM_EPS
+            p.sub_(torch.where(on, lr * (m / (1 - beta1**t)) / denom, torch.zeros_like(p)))

@@ -1,0 +1,70 @@
+"""The before/after table a person reads, rendered from summary.json's long-format rows."""
+
+from rich.console import Console
+from rich.table import Table
+
+METHOD_TITLES = {"local": "alone", "pooled": "pooled", "fedavg": "FedAvg"}
+CROSS_TABLE_MAX_CLIENTS = 10  # beyond this the clients-by-clients grid is unreadable in a terminal
+
+
+def _cell(rows: dict, key: tuple) -> str:
+    r = rows.get(key)
+    if r is None:
+        return "–"
+    pct, spread = 100 * r["accuracy_mean"], 100 * r["accuracy_std"]
+    return f"{pct:.1f} ± {spread:.1f}" if r["n_seeds"] > 1 else f"{pct:.1f}"
+
+
+def _gain(rows: dict, client: int, strategy: str) -> str:
+    after, before = rows.get((client, strategy, "own")), rows.get((client, "local", "own"))
+    if not after or not before:
+        return "–"
+    return f"{100 * (after['accuracy_mean'] - before['accuracy_mean']):+.1f}"
+
+
+def render(summary: dict, console: Console) -> None:
+    rows = {(r["client"], r["method"], r["test_set"]): r for r in summary["table"]}
+    profiles = {r["client"]: r["profile"] for r in summary["table"]}
+    clients = sorted(profiles)
+    methods = summary["methods"]
+    strategy = summary["strategy"]
+    title = lambda m: METHOD_TITLES.get(m, m)  # noqa: E731
+    seeds = summary["seeds"]
+    caption = (
+        f"{summary['dataset']} ({summary['data_source']}), accuracy % "
+        + (f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}")
+        + f", after {summary['rounds']} rounds"
+    )
+    main = Table(title=f"{summary['name']}: what joining the federation changed", caption=caption)
+    main.add_column("client", justify="right")
+    main.add_column("data")
+    for m in methods:
+        main.add_column(f"{title(m)}, own test", justify="right")
+        if m == strategy and "local" in methods:
+            main.add_column("gain", justify="right")
+    for m in methods:
+        main.add_column(f"{title(m)}, clean test", justify="right")
+    for c in clients:
+        cells = [str(c), profiles[c]]
+        for m in methods:
+            cells.append(_cell(rows, (c, m, "own")))
+            if m == strategy and "local" in methods:
+                cells.append(_gain(rows, c, strategy))
+        cells += [_cell(rows, (c, m, "clean")) for m in methods]
+        main.add_row(*cells)
+    console.print(main)
+
+    if "local" in methods and any(k[2].startswith("client:") for k in rows) and len(clients) <= CROSS_TABLE_MAX_CLIENTS:
+        cross = Table(title="each model on each client's own test data (accuracy %)")
+        cross.add_column("model")
+        for c in clients:
+            cross.add_column(f"client {c} test ({profiles[c]})", justify="right")
+        for c in clients:
+            test = lambda t: "own" if t == c else f"client:{t}"  # noqa: E731
+            cross.add_row(f"client {c} alone", *[_cell(rows, (c, "local", test(t))) for t in clients])
+        for m in methods:
+            if m != "local":
+                cross.add_row(title(m), *[_cell(rows, (t, m, "own")) for t in clients])
+        console.print(cross)
+    if summary.get("data_note"):
+        console.print(f"[yellow]note:[/yellow] {summary['data_note']}")

@@ -1,0 +1,21 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+CONFIGS = ROOT / "configs"
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's real cache."""
+    monkeypatch.setenv("FEDBRIDGE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    data = os.environ.get("FEDBRIDGE_DATA")
+    if not data or not (Path(data) / "mnist").is_dir():
+        pytest.skip("real MNIST not available: set FEDBRIDGE_DATA to a folder holding mnist/ (CI sets ../shared/data)")
+    return Path(data)

@@ -1,0 +1,335 @@
+"""Tests for fedbridge.data.idx: IDX parsing, verification, search order, cache and download.
+
+Most tests use a tiny fake "mnist" (4 train / 2 test images of 2x3 pixels) with DATASETS patched
+to its MD5s, so every expected value can be checked by hand. The integration tests at the end
+read the real files from FEDBRIDGE_DATA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import hashlib
+import os
+import socket
+import struct
+import threading
+import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedbridge.data import idx
+from fedbridge.errors import DataError
+
+REAL_DATA = os.environ.get("FEDBRIDGE_DATA")
+TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = idx.FILES
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    return bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+ARRAYS = {
+    TRAIN_IMAGES: np.arange(24, dtype=np.uint8).reshape(4, 2, 3),
+    TRAIN_LABELS: np.array([0, 1, 2, 3], dtype=np.uint8),
+    TEST_IMAGES: (np.arange(12, dtype=np.uint8) + 100).reshape(2, 2, 3),
+    TEST_LABELS: np.array([5, 6], dtype=np.uint8),
+}
+CONTENT = {stem: idx_bytes(a) for stem, a in ARRAYS.items()}
+
+
+def write_fake(folder: Path, *, gz: bool = True, content: dict[str, bytes] = CONTENT) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, data in content.items():
+        if gz:
+            (folder / f"{stem}.gz").write_bytes(gzip.compress(data))
+        else:
+            (folder / stem).write_bytes(data)
+    return folder
+
+
+def assert_is_fake(ds: idx.Dataset) -> None:
+    assert ds.name == "mnist"
+    np.testing.assert_array_equal(ds.train_images, ARRAYS[TRAIN_IMAGES])
+    np.testing.assert_array_equal(ds.test_images, ARRAYS[TEST_IMAGES])
+    assert ds.train_labels.tolist() == [0, 1, 2, 3] and ds.train_labels.dtype == np.int64
+    assert ds.test_labels.tolist() == [5, 6] and ds.test_labels.dtype == np.int64
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No test sees the user's cache, FEDBRIDGE_DATA or /usr/share/datasets."""
+    monkeypatch.setenv("FEDBRIDGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FEDBRIDGE_DATA", raising=False)
+    monkeypatch.setattr(idx, "SYSTEM_DIR", tmp_path / "system")
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """Make "mnist" mean the fake dataset: its MD5s, and no mirrors unless a test sets some."""
+    spec = dataclasses.replace(idx.DATASETS["mnist"], md5={s: md5(d) for s, d in CONTENT.items()}, mirrors=())
+    monkeypatch.setitem(idx.DATASETS, "mnist", spec)
+
+    def set_mirrors(*mirrors: str) -> None:
+        monkeypatch.setitem(idx.DATASETS, "mnist", dataclasses.replace(spec, mirrors=mirrors))
+
+    return set_mirrors
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """An HTTP server on 127.0.0.1 serving tmp_path/www; yields (folder, base URL)."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    root = tmp_path / "www"
+    root.mkdir()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_port}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+# --- read_idx ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_hand_made(tmp_path, gz):
+    # Header 00 00 08 02 | 00 00 00 02 | 00 00 00 03, then six pixels.
+    data = bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 4, 5, 255])
+    path = tmp_path / "tiny.idx"  # no .gz suffix either way: detection is by magic bytes
+    path.write_bytes(gzip.compress(data) if gz else data)
+    out = idx.read_idx(path)
+    assert out.dtype == np.uint8
+    assert out.tolist() == [[1, 2, 3], [4, 5, 255]]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (bytes([0, 0, 8, 1, 0, 0, 0, 5, 1, 2]), "truncated: header says 13 bytes, file has 10"),
+        (bytes([0, 0, 8, 1, 0, 0, 0, 1, 7, 7]), "trailing bytes: header says 9 bytes, file has 10"),
+        (b"<html>404</html>", "not an IDX file"),
+        (bytes([0, 0, 0x0D, 1, 0, 0, 0, 1, 0, 0, 0, 0]), "only unsigned bytes"),
+        (b"\x1f\x8b" + b"garbage" * 10, "not a valid gzip file"),
+        # 200 KB of incompressible pixels, gzipped, cut in half: the header survives, the pixels do not.
+        (gzip.compress(idx_bytes(np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8)))[:100_000],
+         "truncated gzip stream (truncated: header says 200008 bytes"),
+        (b"", "not an IDX file"),
+    ],
+    ids=["truncated", "trailing", "html", "dtype", "garbage-gz", "truncated-gz", "empty"],
+)
+def test_read_idx_rejects_bad_files(tmp_path, content, message):
+    path = tmp_path / "bad-file"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        idx.read_idx(path)
+    assert str(path) in str(err.value)
+    assert message in str(err.value)
+
+
+# --- verification and search order --------------------------------------------------------
+
+
+def test_wrong_md5_names_file_and_both_digests_and_does_not_fall_through(tmp_path, monkeypatch, fake):
+    bad = dict(CONTENT, **{TRAIN_LABELS: idx_bytes(np.array([0, 1, 2, 9], dtype=np.uint8))})
+    write_fake(tmp_path / "given" / "mnist", content=bad)
+    # A good copy later in the search order must not hide the bad one.
+    monkeypatch.setenv("FEDBRIDGE_DATA", str(write_fake(tmp_path / "env" / "mnist")))
+    with pytest.raises(DataError) as err:
+        idx.load_dataset("mnist", tmp_path / "given", download=False)
+    message = str(err.value)
+    assert str(tmp_path / "given" / "mnist" / f"{TRAIN_LABELS}.gz") in message
+    assert md5(CONTENT[TRAIN_LABELS]) in message and md5(bad[TRAIN_LABELS]) in message
+    assert "FEDBRIDGE_DATA" in message  # the fix
+
+
+def test_search_order_data_dir_then_env_then_cache(tmp_path, monkeypatch, fake):
+    given = write_fake(tmp_path / "given" / "mnist")
+    env = write_fake(tmp_path / "env", gz=False)  # the dataset folder itself, not its parent
+    monkeypatch.setenv("FEDBRIDGE_DATA", str(env))
+
+    ds = idx.load_dataset("mnist", tmp_path / "given")  # parent of mnist/
+    assert_is_fake(ds)
+    assert ds.source == f"{given} (--data-dir)"
+
+    ds = idx.load_dataset("mnist")
+    assert_is_fake(ds)
+    assert ds.source == f"{env} (FEDBRIDGE_DATA)"
+
+    # Both loads filled the cache with the uncompressed bytes.
+    cache = tmp_path / "cache" / "mnist"
+    assert {p.name for p in cache.iterdir()} == set(idx.FILES)
+    monkeypatch.delenv("FEDBRIDGE_DATA")
+    ds = idx.load_dataset("mnist", download=False)
+    assert_is_fake(ds)
+    assert ds.source == f"{cache} (cache)"
+
+
+def test_system_folder_is_searched_last(tmp_path, fake):
+    write_fake(tmp_path / "system" / "mnist")
+    ds = idx.load_dataset("mnist", download=False)
+    assert_is_fake(ds)
+    assert ds.source.endswith("(system)")
+
+
+def test_nothing_found_and_no_download_lists_every_location(tmp_path, monkeypatch, fake):
+    monkeypatch.setenv("FEDBRIDGE_DATA", str(tmp_path / "nowhere"))
+    write_fake(tmp_path / "given" / "mnist", content={TRAIN_IMAGES: CONTENT[TRAIN_IMAGES]})  # 1 of 4
+    with pytest.raises(DataError) as err:
+        idx.load_dataset("mnist", tmp_path / "given", download=False)
+    message = str(err.value)
+    for place in ("--data-dir", "FEDBRIDGE_DATA", "cache", "system"):
+        assert place in message
+    assert str(tmp_path / "given" / "mnist") in message and "1 of 4 files" in message
+    assert str(tmp_path / "nowhere") in message and str(tmp_path / "system" / "mnist") in message
+    assert "downloading was turned off" in message
+
+
+def test_locate_reports_each_location_and_verification(tmp_path, monkeypatch, fake):
+    write_fake(tmp_path / "given" / "mnist")
+    env = write_fake(tmp_path / "env" / "mnist")
+    (env / f"{TEST_LABELS}.gz").write_bytes(gzip.compress(idx_bytes(np.array([9, 9], dtype=np.uint8))))
+    monkeypatch.setenv("FEDBRIDGE_DATA", str(tmp_path / "env"))
+    found = idx.locate("mnist", tmp_path / "given")
+    assert [c.where for c in found] == ["--data-dir", "FEDBRIDGE_DATA", "cache", "system"]
+    assert found[0].ok
+    assert not found[1].ok and list(found[1].problems) == [TEST_LABELS]
+    assert "wrong checksum" in found[1].summary()
+    assert found[2].found == {} and "does not exist" in found[3].summary()
+
+
+def test_unknown_dataset_lists_known_names():
+    with pytest.raises(DataError, match="mnist, fashion-mnist, digits"):
+        idx.load_dataset("cifar10")
+
+
+# --- cache ---------------------------------------------------------------------------------
+
+
+def test_corrupt_cache_entry_is_reported_deleted_and_rebuilt(tmp_path, capsys, fake):
+    cache = write_fake(tmp_path / "cache" / "mnist", gz=False)
+    entry = cache / TRAIN_IMAGES
+    entry.write_bytes(CONTENT[TRAIN_IMAGES][:-1] + b"\x99")  # same size, one pixel changed
+    write_fake(tmp_path / "system" / "mnist")
+
+    ds = idx.load_dataset("mnist", download=False)
+    assert_is_fake(ds)
+    assert ds.source.endswith("(system)")
+    assert str(entry) in capsys.readouterr().err
+    assert entry.read_bytes() == CONTENT[TRAIN_IMAGES]  # rebuilt from the source
+
+
+def test_truncated_cache_entry_is_never_used(tmp_path, capsys, fake):
+    cache = write_fake(tmp_path / "cache" / "mnist", gz=False)
+    entry = cache / TEST_IMAGES
+    entry.write_bytes(CONTENT[TEST_IMAGES][:5])
+    with pytest.raises(DataError, match="not found"):
+        idx.load_dataset("mnist", download=False)
+    err = capsys.readouterr().err
+    assert str(entry) in err and "truncated" in err
+    assert not entry.exists()
+
+
+# --- download ------------------------------------------------------------------------------
+
+
+def test_download_skips_404_mirror_then_caches(tmp_path, server, fake):
+    www, base = server
+    write_fake(www / "good")
+    (www / "empty").mkdir()
+    fake(f"{base}empty/", f"{base}good/")
+
+    ds = idx.load_dataset("mnist", progress=False)
+    assert_is_fake(ds)
+    cache = tmp_path / "cache" / "mnist"
+    assert ds.source == f"{cache} (downloaded from {base}good/)"
+    assert all((cache / stem).read_bytes() == data for stem, data in CONTENT.items())
+
+    fake()  # no mirrors: the second load must come from the cache alone
+    assert idx.load_dataset("mnist", download=False).source == f"{cache} (cache)"
+
+
+def test_download_rejects_wrong_checksum_and_does_not_cache_it(tmp_path, server, fake):
+    www, base = server
+    bad = dict(CONTENT, **{TEST_IMAGES: idx_bytes(np.zeros((2, 2, 3), dtype=np.uint8))})
+    write_fake(www / "bad", content=bad)
+    fake(f"{base}bad/")
+    with pytest.raises(DataError) as err:
+        idx.load_dataset("mnist", progress=False)
+    message = str(err.value)
+    assert f"{base}bad/{TEST_IMAGES}.gz" in message and "wrong checksum" in message
+    assert md5(bad[TEST_IMAGES]) in message
+    assert not (tmp_path / "cache" / "mnist" / TEST_IMAGES).exists()
+    # The good files it did get are kept, so a retry only fetches the missing one.
+    assert (tmp_path / "cache" / "mnist" / TRAIN_IMAGES).read_bytes() == CONTENT[TRAIN_IMAGES]
+
+    write_fake(www / "good")
+    fake(f"{base}bad/", f"{base}good/")
+    assert_is_fake(idx.load_dataset("mnist", progress=False))
+
+
+def test_unreachable_mirror_fails_fast_with_reason(fake):
+    with socket.socket() as s:  # a port nobody listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    fake(f"http://127.0.0.1:{port}/")
+    start = time.monotonic()
+    with pytest.raises(DataError) as err:
+        idx.load_dataset("mnist", progress=False)
+    assert time.monotonic() - start < 5
+    message = str(err.value)
+    assert f"127.0.0.1:{port}" in message and "refused" in message.lower()
+    assert "FEDBRIDGE_DATA" in message and "--data-dir" in message
+
+
+# --- integration: the real files ----------------------------------------------------------
+
+needs_real = pytest.mark.skipif(not REAL_DATA, reason="set FEDBRIDGE_DATA to the folder holding mnist/ and fashion-mnist/")
+
+
+@pytest.mark.integration
+@needs_real
+def test_real_mnist_loads_and_caches_fast(monkeypatch, tmp_path):
+    ds = idx.load_dataset("mnist", Path(REAL_DATA), progress=False)
+    assert ds.train_images.shape == (60000, 28, 28) and ds.test_images.shape == (10000, 28, 28)
+    assert ds.train_images.dtype == np.uint8
+    assert np.bincount(ds.train_labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert np.bincount(ds.test_labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+    start = time.monotonic()
+    cached = idx.load_dataset("mnist", download=False)
+    assert time.monotonic() - start < 1.0
+    assert cached.source.endswith("(cache)")
+    np.testing.assert_array_equal(cached.train_images, ds.train_images)
+
+
+@pytest.mark.integration
+@needs_real
+def test_real_fashion_mnist_loads(monkeypatch):
+    monkeypatch.setenv("FEDBRIDGE_DATA", REAL_DATA)
+    ds = idx.load_dataset("fashion-mnist", download=False)
+    assert ds.train_images.shape == (60000, 28, 28) and ds.test_images.shape == (10000, 28, 28)
+    assert np.bincount(ds.train_labels).tolist() == [6000] * 10
+    assert np.bincount(ds.test_labels).tolist() == [1000] * 10
+
+
+def test_digits_loads():
+    ds = idx.load_dataset("digits")
+    assert ds.train_images.shape == (1437, 8, 8) and ds.test_images.shape == (360, 8, 8)
+    assert ds.train_images.dtype == np.uint8 and ds.train_images.max() == 255
+    assert ds.train_labels.dtype == np.int64 and len(ds.test_labels) == 360
+    assert ds.source == "scikit-learn's bundled 8x8 digits"

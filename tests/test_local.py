@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from fedbridge.local import Recipe, batch_schedule, client_generator, evaluate, local_update
+from fedbridge.models import build_model, init_params
+
+
+def test_batch_schedule_for_unequal_clients():
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    positions, weights = batch_schedule([5, 3], batch_size=2, epochs=2, generators=gens)
+    # client 0: 3 batches per epoch (2, 2, 1); client 1: 2 (2, 1); 2 epochs
+    assert positions.shape == (6, 2, 2)
+    assert weights[:, 0].sum(1).tolist() == [2, 2, 1, 2, 2, 1]
+    assert weights[:, 1].sum(1).tolist() == [2, 1, 2, 1, 0, 0]
+    for k, (n, steps) in enumerate([(5, 3), (3, 2)]):
+        seen = positions[:steps, k][weights[:steps, k] > 0]
+        assert sorted(seen.tolist()) == list(range(n))  # each epoch visits every sample once
+
+
+def test_client_generators_are_independent_streams():
+    a = torch.rand(3, generator=client_generator(0, 12, 1, 0))
+    assert torch.equal(a, torch.rand(3, generator=client_generator(0, 12, 1, 0)))
+    assert not torch.equal(a, torch.rand(3, generator=client_generator(0, 12, 1, 1)))
+    assert not torch.equal(a, torch.rand(3, generator=client_generator(1, 12, 1, 0)))
+
+
+def _toy(n=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 4, 4, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_clients_trained_together_equal_clients_trained_alone(optimizer):
+    images, labels = _toy()
+    model = build_model("mlp", (1, 4, 4), 3)
+    init = {n: p.unsqueeze(0) for n, p in init_params(model, torch.Generator().manual_seed(0)).items()}
+    rows = [torch.arange(0, 23), torch.arange(23, 30)]  # unequal: 23 and 7 samples
+    recipe = Recipe(optimizer, lr=0.05, batch_size=4, local_epochs=2, momentum=0.5 if optimizer == "sgd" else 0.0)
+    gens = lambda k: client_generator(0, 12, 1, k)  # noqa: E731
+    both = local_update(model, {n: p.expand(2, *p.shape[1:]) for n, p in init.items()}, images, labels, rows, recipe, [gens(0), gens(1)])
+    assert both.steps.tolist() == [12, 4]  # 2 epochs of ceil(23/4)=6 and ceil(7/4)=2 batches
+    for k in range(2):
+        alone = local_update(model, init, images, labels, [rows[k]], recipe, [gens(k)])
+        assert torch.allclose(both.loss[k], alone.loss[0], atol=1e-6)
+        for n in init:
+            assert torch.allclose(both.params[n][k], alone.params[n][0], atol=1e-6), n
+
+
+def test_evaluate_counts_correct_predictions():
+    model = build_model("mlp", (1, 1, 2), 2)
+    # one linear layer... the mlp has a hidden layer; set it to pass x through ReLU and pick the larger input
+    params = {
+        "1.weight": torch.eye(128, 2).unsqueeze(0), "1.bias": torch.zeros(1, 128),
+        "3.weight": torch.eye(2, 128).unsqueeze(0), "3.bias": torch.zeros(1, 2),
+    }
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.2, 0.9]]).view(4, 1, 1, 2)
+    labels = torch.tensor([0, 1, 1, 1])
+    acc, loss = evaluate(model, params, images, labels, chunk=3)
+    assert acc.tolist() == [0.75]
+    assert loss.shape == (1,)
