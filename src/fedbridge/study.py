@@ -10,7 +10,7 @@ from rich.console import Console
 import fedbridge
 from fedbridge import results
 from fedbridge.data.idx import Dataset, load_dataset
-from fedbridge.engines.simulation import train
+from fedbridge.engines import simulation
 from fedbridge.errors import DataError
 from fedbridge.experiment import Experiment, Sizes
 from fedbridge.federation import build_federation
@@ -46,7 +46,31 @@ def resolved_config(exp: Experiment) -> dict:
     return exp.model_dump(mode="json", exclude_none=True)
 
 
-def run_study(exp: Experiment, out: Path, data_dir: Path | None, console: Console) -> dict:
+def summarize(
+    exp: Experiment, dataset: Dataset, note: str | None, seeds: list[int], final: list[dict],
+    seconds: dict[str, list[float]],
+) -> dict:
+    """summary.json: what ran, on what, and the long-format table of the final round's metrics."""
+    return {
+        "name": exp.name,
+        "dataset": dataset.name,
+        "data_source": dataset.source,
+        "data_note": note,
+        "seeds": seeds,
+        "rounds": exp.train.rounds,
+        "methods": exp.methods,
+        "strategy": exp.strategy.name,
+        "seconds_per_method": {m: results.mean_std(s)[0] for m, s in seconds.items() if s},
+        "versions": {"fedbridge": fedbridge.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "table": results.table(final),
+    }
+
+
+def run_study(
+    exp: Experiment, out: Path, data_dir: Path | None, console: Console, train=simulation.train
+) -> dict:
+    """Train every method for every seed with `train` (the simulation engine, or another engine
+    with the same signature, e.g. Flower's) and write the run directory."""
     dataset, exp, note = resolve_dataset(exp, data_dir)
     if note:
         console.print(f"[yellow]note:[/yellow] {note}")
@@ -60,7 +84,7 @@ def run_study(exp: Experiment, out: Path, data_dir: Path | None, console: Consol
         for method in exp.methods:
             start = time.perf_counter()
 
-            def on_round(r: int, records: list[dict]) -> None:
+            def on_round(r: int, records: list[dict], state) -> None:
                 results.append_metrics(run, records)
                 if r == exp.train.rounds:
                     final.extend(records)
@@ -73,18 +97,6 @@ def run_study(exp: Experiment, out: Path, data_dir: Path | None, console: Consol
                 f"seed {seed} · {method:<7} · {exp.train.rounds} rounds in {seconds[method][-1]:.1f} s"
                 f" · clean test {100 * sum(clean) / len(clean):.1f}% (mean over clients)"
             )
-    summary = {
-        "name": exp.name,
-        "dataset": dataset.name,
-        "data_source": dataset.source,
-        "data_note": note,
-        "seeds": seeds,
-        "rounds": exp.train.rounds,
-        "methods": exp.methods,
-        "strategy": exp.strategy.name,
-        "seconds_per_method": {m: results.mean_std(s)[0] for m, s in seconds.items()},
-        "versions": {"fedbridge": fedbridge.__version__, "torch": torch.__version__, "python": platform.python_version()},
-        "table": results.table(final),
-    }
+    summary = summarize(exp, dataset, note, seeds, final, seconds)
     results.write_summary(run, summary)
     return summary

@@ -82,30 +82,40 @@ def evaluate_clients(
     return out
 
 
+OnRound = Callable[[int, list[Record], ServerState], None]
+
+
 def train(
     method: str,
     federation: Federation,
     exp: Experiment,
     seed: int,
-    on_round: Callable[[int, list[Record]], None] = lambda r, recs: None,
+    on_round: OnRound = lambda r, records, state: None,
+    resume: tuple[int, ServerState] | None = None,
 ) -> Params:
-    """Run `exp.train.rounds` rounds of `method` and return the final server parameters."""
+    """Run `exp.train.rounds` rounds of `method` and return the final server parameters.
+
+    `on_round(r, records, state)` sees each evaluated round's metrics and the state after it;
+    `resume=(r, state)` continues after round r from that state. Every random choice of round
+    r+1 onwards derives from (seed, round, client), so a resumed run equals an uninterrupted one.
+    """
     model = build_model(exp.model, federation.input_shape, federation.num_classes)
     initial = {n: p.unsqueeze(0) for n, p in init_params(model, client_generator(seed, STREAM_INIT)).items()}
     p = plan(method, federation, exp)
-    state = p.strategy.init(initial, len(p.train_rows))
+    done, state = resume or (0, p.strategy.init(initial, len(p.train_rows)))
     how = recipe(exp)
     rounds = exp.train.rounds
-    for r in range(1, rounds + 1):
+    for r in range(done + 1, rounds + 1):
         ids = sample_clients(len(p.train_rows), p.fraction, seed, r)
         rows = [p.train_rows[i] for i in ids.tolist()]
         generators = [client_generator(seed, STREAM_BATCHES, r, i) for i in ids.tolist()]
         result = local_update(
             model, p.strategy.client_start(state, ids),
             federation.train_images, federation.train_labels, rows, how, generators,
+            p.strategy.adjust(state, ids),
         )
         weights = torch.tensor([float(len(x)) for x in rows])
-        state = p.strategy.aggregate(state, ids, result.params, weights)
+        state = p.strategy.aggregate(state, ids, result, weights)
         if r % exp.eval.every == 0 or r == rounds:
             cross = exp.eval.cross_clients and r == rounds
             records = [
@@ -115,5 +125,5 @@ def train(
                 }
                 for c, test_set, acc, loss in evaluate_clients(model, state, federation, cross)
             ]
-            on_round(r, records)
+            on_round(r, records, state)
     return state.params

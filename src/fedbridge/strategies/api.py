@@ -1,8 +1,11 @@
-"""What the engine needs from a strategy: four functions and an explicit server state.
+"""What the engine needs from a strategy: a few functions and an explicit server state.
 
 As in fedjax's fed_avg.py: `init` makes the server state, `client_start` gives the sampled
-clients their starting parameters, `aggregate` folds their trained parameters back in.
-The state's `params` are either one global model [1, ...] or one model per client [n, ...].
+clients their starting parameters, `adjust` (optional) changes their gradients during local
+training, `aggregate` folds their local results back in. The state's `params` are either one
+global model [1, ...] or one model per client [n, ...]. Everything a strategy remembers between
+rounds (server optimizer moments, SCAFFOLD's control variates, personal models) lives in the
+state, so checkpointing the state is enough to resume a run.
 """
 
 from collections.abc import Callable
@@ -10,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fedbridge.local import GradientAdjust, LocalResult
 from fedbridge.optim import Params
 
 
@@ -30,5 +34,6 @@ class Strategy:
     name: str
     init: Callable[[Params, int], ServerState]  # (initial model [1, ...], number of clients)
     client_start: Callable[[ServerState, torch.Tensor], Params]  # sampled ids -> [K, ...]
-    aggregate: Callable[[ServerState, torch.Tensor, Params, torch.Tensor], ServerState]
-    # aggregate(state, sampled ids, trained [K, ...], weights [K]) -> new state
+    aggregate: Callable[[ServerState, torch.Tensor, LocalResult, torch.Tensor], ServerState]
+    # aggregate(state, sampled ids, local results [K, ...], weights [K]) -> new state
+    adjust: Callable[[ServerState, torch.Tensor], GradientAdjust | None] = lambda state, ids: None

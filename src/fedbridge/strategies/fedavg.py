@@ -2,6 +2,7 @@
 
 import torch
 
+from fedbridge.local import LocalResult
 from fedbridge.optim import Params
 from fedbridge.strategies.aggregate import difference, weighted_mean
 from fedbridge.strategies.api import ServerState, Strategy
@@ -15,8 +16,8 @@ def client_start(state: ServerState, ids: torch.Tensor) -> Params:
     return {n: p.expand(len(ids), *p.shape[1:]).clone() for n, p in state.params.items()}
 
 
-def aggregate(state: ServerState, ids: torch.Tensor, trained: Params, weights: torch.Tensor) -> ServerState:
-    update = weighted_mean(difference(trained, state.params), weights)
+def aggregate(state: ServerState, ids: torch.Tensor, result: LocalResult, weights: torch.Tensor) -> ServerState:
+    update = weighted_mean(difference(result.params, state.params), weights)
     return ServerState(params={n: p + update[n] for n, p in state.params.items()}, extra=state.extra)
 
 

@@ -5,6 +5,7 @@ Running it through the same engine as FedAvg keeps the before/after numbers comp
 
 import torch
 
+from fedbridge.local import LocalResult
 from fedbridge.optim import Params
 from fedbridge.strategies.api import ServerState, Strategy
 
@@ -18,10 +19,10 @@ def client_start(state: ServerState, ids: torch.Tensor) -> Params:
     return {n: p[ids] for n, p in state.params.items()}
 
 
-def aggregate(state: ServerState, ids: torch.Tensor, trained: Params, weights: torch.Tensor) -> ServerState:
+def aggregate(state: ServerState, ids: torch.Tensor, result: LocalResult, weights: torch.Tensor) -> ServerState:
     params = {n: p.clone() for n, p in state.params.items()}
     for n, p in params.items():
-        p[ids] = trained[n]
+        p[ids] = result.params[n]
     return ServerState(params=params, extra=state.extra)
 
 
