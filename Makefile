@@ -7,11 +7,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# the tests also run fedbridge on Flower (real SuperLink/SuperNode processes): `make test` adds that extra
+$(VENV)/.flower: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[dev,flower]'
+	touch $@
+
 .PHONY: install demo test
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/fedbridge run configs/seed.toml --seeds 3 --set data.fallback=digits
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(VENV)/.flower
 	$(VENV)/bin/pytest -q

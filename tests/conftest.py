@@ -19,3 +19,14 @@ def mnist_dir() -> Path:
     if not data or not (Path(data) / "mnist").is_dir():
         pytest.skip("real MNIST not available: set FEDBRIDGE_DATA to a folder holding mnist/ (CI sets ../shared/data)")
     return Path(data)
+
+
+def invoke(*args):
+    """Run the `fedbridge` command in-process; whatever the outcome, never a traceback to the user."""
+    from click.testing import CliRunner
+
+    from fedbridge.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert "Traceback" not in result.output, result.output
+    return result

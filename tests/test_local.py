@@ -1,7 +1,10 @@
+import math
+
 import pytest
 import torch
 
-from fedbridge.local import Recipe, batch_schedule, client_generator, evaluate, local_update
+from fedbridge import kernels
+from fedbridge.local import Recipe, batch_schedule, client_generator, evaluate, local_update, stacked_forward
 from fedbridge.models import build_model, init_params
 
 
@@ -58,3 +61,35 @@ def test_evaluate_counts_correct_predictions():
     acc, loss = evaluate(model, params, images, labels, chunk=3)
     assert acc.tolist() == [0.75]
     assert loss.shape == (1,)
+
+
+def test_linear_layers_finds_the_mlps_only():
+    assert kernels.linear_layers(build_model("mlp", (1, 4, 4), 3)) == ["1", "3"]
+    assert kernels.linear_layers(build_model("2nn", (1, 4, 4), 3)) == ["1", "3", "5"]
+    assert kernels.linear_layers(build_model("cnn", (1, 8, 8), 3)) is None
+
+
+def test_cross_entropy_of_uniform_logits_by_hand():
+    logits = torch.zeros(1, 2, 4)  # one client, two samples, four classes: every p = 1/4
+    labels = torch.tensor([[1, 3]])
+    loss, grad = kernels.cross_entropy(logits, labels, torch.tensor([[1.0, 0.0]]))  # 2nd sample is padding
+    assert loss.item() == pytest.approx(math.log(4))
+    assert grad[0, 0].tolist() == pytest.approx([0.25, -0.75, 0.25, 0.25])
+    assert grad[0, 1].tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_hand_written_backward_equals_autograd():
+    model = build_model("2nn", (1, 4, 4), 3)
+    gen = torch.Generator().manual_seed(0)
+    params = {n: torch.stack([p, p * 0.5]) for n, p in init_params(model, gen).items()}
+    x, y = torch.rand(2, 5, 16, generator=gen), torch.randint(0, 3, (2, 5), generator=gen)
+    weights = torch.tensor([[0.2] * 5, [0.5, 0.5, 0, 0, 0]])
+    acts = kernels.forward(params, kernels.linear_layers(model), x)
+    loss, grad_logits = kernels.cross_entropy(acts.pop(), y, weights)
+    grads = kernels.backward(params, kernels.linear_layers(model), acts, grad_logits)
+    leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
+    logits = stacked_forward(model, leaves, x)
+    expected = (torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none") * weights).sum(1)
+    assert torch.allclose(loss, expected.detach(), atol=1e-6)
+    for n, g in zip(leaves, torch.autograd.grad(expected.sum(), list(leaves.values()))):
+        assert torch.allclose(grads[n], g, atol=1e-6), n

@@ -39,23 +39,81 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("config", type=click.Path(path_type=Path))
+@click.argument("config", type=click.Path(path_type=Path), required=False)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.rounds=5.")
 @click.option("--seeds", type=click.IntRange(min=1), help="Number of seeds (seed, seed+1, ...).")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/NAME-TIME).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding mnist/ and fashion-mnist/.")
+@click.option("--resume", type=click.Path(path_type=Path), metavar="RUN_DIR",
+              help="Continue an interrupted run from its last finished round, with the config saved in it.")
+@click.option("--quiet", is_flag=True, help="No progress and no table; print only the run directory (for scripts).")
 @friendly
-def run(config: Path, overrides: tuple[str, ...], seeds: int | None, out: Path | None, data_dir: Path | None) -> None:
+def run(
+    config: Path | None, overrides: tuple[str, ...], seeds: int | None, out: Path | None, data_dir: Path | None,
+    resume: Path | None, quiet: bool,
+) -> None:
     """Run the study in CONFIG and print the per-client table."""
     from fedbridge.experiment import load_experiment
     from fedbridge.report.table import render
-    from fedbridge.study import run_study
+    from fedbridge.results import SUMMARY, read_summary
+    from fedbridge.study import load_run_experiment, run_study
 
+    if resume is not None:
+        if config or overrides or seeds or out:
+            raise ConfigError("--resume RUN_DIR continues with the config saved in RUN_DIR; drop CONFIG, --set, --seeds and --out")
+        exp, out = load_run_experiment(resume), resume
+    elif config is None:
+        raise ConfigError("give a CONFIG file to run (see configs/), or --resume RUN_DIR to continue an interrupted run")
+    else:
+        if seeds is not None:
+            overrides = (*overrides, f"seeds={seeds}")
+        exp, _ = load_experiment(config, list(overrides))
+        out = out or Path("runs") / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if resume is not None and (resume / SUMMARY).exists():
+        stderr.print(f"{resume} finished already; nothing to resume")
+        summary = read_summary(resume)
+    else:
+        try:
+            summary = run_study(exp, out, data_dir, stderr, resume=resume is not None, quiet=quiet)
+        except KeyboardInterrupt:
+            click.echo(f"interrupted; to continue from the last finished round: fedbridge run --resume {out}", err=True)
+            sys.exit(130)
+    if not quiet:
+        render(summary, stdout)
+    stdout.print(f"run directory: {out}")
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--nodes", type=click.IntRange(min=1), help="SuperNodes to start, one per client (default: the config's clients).")
+@click.option("--tls", is_flag=True, help="Encrypt with a throw-away CA and authenticate every SuperNode by its key.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.rounds=5.")
+@click.option("--seeds", type=click.IntRange(min=1), help="Number of seeds (seed, seed+1, ...).")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/NAME-TIME).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding mnist/ and fashion-mnist/.")
+@click.option("--round-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="Seconds to wait for the nodes' answers in a round before going on without the silent ones.")
+@click.option("--min-nodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Fewer answering nodes than this and the run stops, keeping the finished rounds.")
+@friendly
+def deploy(
+    config: Path, nodes: int | None, tls: bool, overrides: tuple[str, ...], seeds: int | None, out: Path | None,
+    data_dir: Path | None, round_timeout: float, min_nodes: int,
+) -> None:
+    """Run the study in CONFIG on Flower: a SuperLink and a SuperNode per client on this machine."""
+    from fedbridge.experiment import load_experiment
+    from fedbridge.report.table import render
+
+    try:
+        from fedbridge.engines.flower.deploy import Faults, deploy_study
+    except ImportError as e:
+        raise FedbridgeError(f"deploy needs Flower ({e}); install it with: pip install -e '.[flower]'") from None
     if seeds is not None:
         overrides = (*overrides, f"seeds={seeds}")
     exp, _ = load_experiment(config, list(overrides))
-    out = out or Path("runs") / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = run_study(exp, out, data_dir, stderr)
+    out = out or Path("runs") / f"{exp.name}-deploy-{time.strftime('%Y%m%d-%H%M%S')}"
+    faults = Faults(round_timeout=round_timeout, min_nodes=min_nodes)
+    summary = deploy_study(exp, out, data_dir, stderr, nodes or exp.n_clients, tls, faults)
     render(summary, stdout)
     stdout.print(f"run directory: {out}")
 
@@ -69,6 +127,56 @@ def show(run_dir: Path) -> None:
     from fedbridge.results import read_summary
 
     render(read_summary(run_dir), stdout)
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--grid", multiple=True, metavar="KEY=V1,V2,...", help="Values to sweep a config key over; repeat for a grid.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per grid cell.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Runs at once, each its own process.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key in every run.")
+@click.option("--out", type=click.Path(path_type=Path), help="Sweep directory (default sweeps/NAME-HASH: the same command continues it).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding mnist/ and fashion-mnist/.")
+@click.option("--quiet", is_flag=True, help="No progress and no table; print only the sweep directory.")
+@friendly
+def sweep(
+    config: Path, grid: tuple[str, ...], seeds: int, jobs: int, overrides: tuple[str, ...], out: Path | None,
+    data_dir: Path | None, quiet: bool,
+) -> None:
+    """Run CONFIG for every combination of --grid values and seed; summarise with 95% confidence intervals.
+
+    Started again after an interruption, it runs only the missing runs."""
+    from fedbridge import sweep as sweeps
+    from fedbridge.report.grid import render_grid
+    from fedbridge.report.html import write_report
+
+    plan = sweeps.plan(config, list(overrides), list(grid), seeds)
+    out = out or sweeps.default_dir(plan)
+    sweeps.open_sweep_dir(out, plan)
+    if not quiet:
+        stderr.print(f"sweep directory: {out}", highlight=False)
+    try:
+        sweeps.run_all(plan, out, jobs, data_dir, stderr, quiet)
+    except KeyboardInterrupt:
+        click.echo("interrupted; finished runs are kept: run the same command again to do only the rest", err=True)
+        sys.exit(130)
+    summary = sweeps.summarize_sweep(out, plan)
+    write_report(out)
+    if not quiet:
+        render_grid(summary, stdout)
+    stdout.print(f"sweep directory: {out} (report: {out / 'report.html'})")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="HTML file to write (default RUN_DIR/report.html).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding mnist/ and fashion-mnist/ (for the sample images).")
+@friendly
+def report(run_dir: Path, output: Path | None, data_dir: Path | None) -> None:
+    """Write one self-contained HTML report of a finished run or sweep: tables, curves, samples, confusion matrices."""
+    from fedbridge.report.html import write_report
+
+    stdout.print(f"report: {write_report(run_dir, output, data_dir)}")
 
 
 @main.group()

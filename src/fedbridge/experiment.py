@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedbridge.data import corrupt
 from fedbridge.errors import ConfigError
+from fedbridge.strategies.robust import trimmed_count
 
 
 class _Strict(BaseModel):
@@ -100,8 +101,91 @@ class Train(_Strict):
     client_fraction: float = Field(default=1.0, gt=0, le=1)
 
 
-class StrategyConfig(_Strict):
+# Strategies, each with its own typed parameters (see README "Strategies" and fedbridge.strategies)
+class FedAvg(_Strict):
     name: Literal["fedavg"] = "fedavg"
+
+
+class FedAvgM(_Strict):
+    name: Literal["fedavgm"]
+    # server_lr / (1 - momentum) = 1: once momentum builds up, steps as long as FedAvg's (Hsu et al. 2019)
+    server_lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+
+
+class AdaptiveServer(_Strict):
+    """FedAdam, FedYogi, FedAdagrad (Reddi et al. 2021)."""
+
+    name: Literal["fedadam", "fedyogi", "fedadagrad"]
+    server_lr: float = Field(default=0.01, gt=0)
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.99, ge=0, lt=1)
+    tau: float = Field(default=1e-3, gt=0)
+
+
+class FedProx(_Strict):
+    name: Literal["fedprox"]
+    mu: float = Field(default=0.01, ge=0)
+
+
+class Scaffold(_Strict):
+    name: Literal["scaffold"]
+    server_lr: float = Field(default=1.0, gt=0)
+
+
+class FedNova(_Strict):
+    name: Literal["fednova"]
+
+
+class Median(_Strict):
+    name: Literal["median"]
+
+
+class TrimmedMean(_Strict):
+    name: Literal["trimmed_mean"]
+    beta: float = Field(default=0.2, gt=0, lt=0.5)  # share trimmed at each end, per coordinate
+
+
+class Krum(_Strict):
+    name: Literal["krum"]
+    byzantine: int = Field(default=1, ge=0)  # clients per round assumed bad (Krum's f)
+    select: int = Field(default=1, ge=1)  # 1: Krum; more: Multi-Krum averages this many
+
+
+class Clipping(_Strict):
+    name: Literal["clipping"]
+    max_norm: float | None = Field(default=None, gt=0)  # unset: the round's median update norm
+
+
+class Quality(_Strict):
+    name: Literal["quality"]
+    alpha: float = Field(default=5.0, ge=0)  # weight n_k exp(-alpha * loss_k); 0 is FedAvg
+
+
+class FineTune(_Strict):
+    name: Literal["finetune"]
+    epochs: int = Field(default=1, ge=1)
+
+
+class Ditto(_Strict):
+    name: Literal["ditto"]
+    lam: float = Field(default=0.1, ge=0)  # Ditto's lambda: pull of the personal model to the global one
+
+
+class FedPer(_Strict):
+    name: Literal["fedper"]
+
+
+class FedRep(_Strict):
+    name: Literal["fedrep"]
+    head_epochs: int = Field(default=1, ge=1)
+
+
+StrategyConfig = Annotated[
+    Union[FedAvg, FedAvgM, AdaptiveServer, FedProx, Scaffold, FedNova, Median, TrimmedMean, Krum,
+          Clipping, Quality, FineTune, Ditto, FedPer, FedRep],
+    Field(discriminator="name"),
+]
 
 
 class Eval(_Strict):
@@ -119,8 +203,9 @@ class Experiment(_Strict):
     clients: list[ClientGroup] = Field(min_length=1)
     model: Literal["mlp", "2nn", "cnn"] = "mlp"
     train: Train
-    strategy: StrategyConfig = StrategyConfig()
-    baselines: list[Literal["local", "pooled"]] = ["local", "pooled"]
+    strategy: StrategyConfig = FedAvg()
+    # "fedavg": FedAvg beside another strategy (e.g. a personalized one), trained on the same federation
+    baselines: list[Literal["local", "fedavg", "pooled"]] = ["local", "pooled"]
     eval: Eval = Eval()
 
     @property
@@ -134,9 +219,10 @@ class Experiment(_Strict):
 
     @property
     def methods(self) -> list[str]:
-        """What the study trains: local-only first, then the strategy, then pooled."""
+        """What the study trains: local-only first, then FedAvg, the strategy, then pooled."""
         base = list(dict.fromkeys(self.baselines))
-        return [m for m in base if m == "local"] + [self.strategy.name] + [m for m in base if m == "pooled"]
+        before = [m for m in ("local", "fedavg") if m in base and m != self.strategy.name]
+        return before + [self.strategy.name] + [m for m in base if m == "pooled"]
 
     @model_validator(mode="after")
     def _consistent(self) -> "Experiment":
@@ -145,7 +231,45 @@ class Experiment(_Strict):
                 f"partition.sizes has {len(self.partition.sizes)} entries but the clients groups "
                 f"add up to {self.n_clients} clients; give one size per client"
             )
+        self._strategy_fits_the_round()
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fedavg_by_default(cls, tree: Any) -> Any:
+        # a [strategy] table without a name keeps meaning FedAvg, as before strategies had parameters
+        if isinstance(tree, dict) and isinstance(tree.get("strategy"), dict) and "name" not in tree["strategy"]:
+            tree = {**tree, "strategy": {**tree["strategy"], "name": "fedavg"}}
+        return tree
+
+    def _strategy_fits_the_round(self) -> None:
+        s, k = self.strategy, clients_per_round(self.n_clients, self.train.client_fraction)
+        per_round = f"a round has {k} clients ({self.n_clients} clients x train.client_fraction {self.train.client_fraction})"
+        if isinstance(s, Krum) and k < 2 * s.byzantine + 3:
+            raise ValueError(
+                f"strategy.byzantine = {s.byzantine} but {per_round}; Krum needs at least "
+                f"2 x byzantine + 3 = {2 * s.byzantine + 3}: lower strategy.byzantine or raise train.client_fraction"
+            )
+        if isinstance(s, Krum) and s.select > k - s.byzantine:
+            raise ValueError(
+                f"strategy.select = {s.select} but {per_round} and strategy.byzantine = {s.byzantine}; "
+                f"Multi-Krum can select at most {k - s.byzantine}"
+            )
+        if isinstance(s, TrimmedMean) and trimmed_count(k, s.beta) == 0:
+            raise ValueError(
+                f"strategy.beta = {s.beta} trims nothing: {per_round} and floor(beta x {k}) = 0; "
+                f"use strategy.beta >= {1 / k:.3g} or strategy.name = \"fedavg\""
+            )
+        if isinstance(s, (Median, TrimmedMean, Krum, Clipping, Quality)) and k < 3:
+            raise ValueError(
+                f"strategy.name = {s.name!r} compares the clients of a round, but {per_round}; "
+                f"it needs at least 3 (add clients or raise train.client_fraction)"
+            )
+
+
+def clients_per_round(n_clients: int, fraction: float) -> int:
+    """max(1, round(C * K)) clients take part in each round (McMahan et al.)."""
+    return max(1, round(fraction * n_clients))
 
 
 def _set(tree: dict, dotted: str, value: Any) -> None:
@@ -184,12 +308,15 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def _describe(error: dict) -> str:
     loc = [str(p) for p in error["loc"]]
-    if loc[:1] == ["partition"] and len(loc) > 2:
-        del loc[1]  # pydantic's union tag: partition.sizes.sizes -> partition.sizes
+    tag = None
+    if loc[:1] in (["partition"], ["strategy"]) and len(loc) > 2:
+        tag = loc.pop(1)  # pydantic's union tag: partition.sizes.sizes -> partition.sizes
     msg = error["msg"].removeprefix("Value error, ")
     if not loc:
         return msg
     where = ".".join(loc)
+    if error["type"] == "extra_forbidden" and loc[0] == "strategy":
+        return f"{where}: unknown key for strategy.name = {tag!r} (its keys are in README, 'Strategies')"
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown key (check the spelling; see configs/ for the keys each table takes)"
     got = error.get("input")

@@ -46,24 +46,39 @@ def step(
     lr: float,
     momentum: float = 0.0,
 ) -> None:
-    """One step in place for the active clients; matches torch.optim.SGD / torch.optim.Adam."""
+    """One step in place for the active clients; matches torch.optim.SGD / torch.optim.Adam.
+
+    The arithmetic follows torch.optim's single-tensor code operation by operation (lerp, addcmul,
+    the bias corrections in double precision), so a client's weights agree with torch.optim's to
+    float32 rounding even where Adam divides tiny gradients by tiny second moments.
+    """
     state.steps += active.to(state.steps.dtype)
+    everyone = bool(active.all())
+    if optimizer == "adam":
+        beta1, beta2 = ADAM_BETAS
+        t = state.steps.clamp_min(1).double()
+        step_size = (-lr / (1 - beta1**t)).float()
+        correction2 = (1 - beta2**t).sqrt().float()
     for name, p in params.items():
         g = grads[name]
-        on = _per_client(active, p)
+        on = None if everyone else _per_client(active, p)
         if optimizer == "sgd":
             if momentum:
                 buf = state.first.get(name)
                 # torch.optim.SGD's first momentum step copies the gradient
                 new_buf = g.clone() if buf is None else buf * momentum + g
-                state.first[name] = new_buf if buf is None else torch.where(on, new_buf, buf)
+                keep = torch.zeros_like(g) if buf is None else buf
+                state.first[name] = new_buf if on is None else torch.where(on, new_buf, keep)
                 g = state.first[name]
-            p.sub_(torch.where(on, g * lr, torch.zeros_like(g)))
+            p.add_(g if on is None else torch.where(on, g, 0.0), alpha=-lr)
         else:
-            beta1, beta2 = ADAM_BETAS
             m, v = state.first[name], state.second[name]
-            m.copy_(torch.where(on, m * beta1 + g * (1 - beta1), m))
-            v.copy_(torch.where(on, v * beta2 + g * g * (1 - beta2), v))
-            t = _per_client(state.steps.clamp_min(1), p)
-            denom = (v / (1 - beta2**t)).sqrt() + ADAM_EPS
-            p.sub_(torch.where(on, lr * (m / (1 - beta1**t)) / denom, torch.zeros_like(p)))
+            if on is None:
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            else:
+                m.copy_(torch.where(on, m.lerp(g, 1 - beta1), m))
+                v.copy_(torch.where(on, (v * beta2).addcmul_(g, g, value=1 - beta2), v))
+            denom = (v.sqrt() / _per_client(correction2, p)).add_(ADAM_EPS)
+            update = (_per_client(step_size, p) * m).div_(denom)
+            p.add_(update if on is None else torch.where(on, update, 0.0))

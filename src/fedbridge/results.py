@@ -1,10 +1,13 @@
-"""The run directory: config.toml, metrics.jsonl, summary.json and the final weights.
+"""The run directory: config.toml, metrics.jsonl, summary.json, the final weights and, while a
+run is under way, checkpoint.pt.
 
 Files are written whole or not at all (temp file + rename), so a crash never leaves a
-half-written summary; an existing run is never overwritten.
+half-written summary; an existing run is never overwritten. metrics.jsonl is appended to, so a
+crash may cut its last line: readers skip it and `resume` rewrites the file to the checkpoint.
 """
 
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -18,6 +21,7 @@ import torch
 from fedbridge.errors import FedbridgeError
 
 CONFIG, METRICS, SUMMARY, WEIGHTS = "config.toml", "metrics.jsonl", "summary.json", "weights"
+CHECKPOINT = "checkpoint.pt"
 
 
 def _umask() -> int:
@@ -67,8 +71,57 @@ def append_metrics(run: Path, records: list[dict]) -> None:
         f.writelines(json.dumps(r) + "\n" for r in records)
 
 
+def read_metrics(run: Path) -> list[dict]:
+    """Every complete line of metrics.jsonl; a last line cut short by a crash is left out."""
+    path = Path(run) / METRICS
+    if not path.exists():
+        return []
+    lines = path.read_text().split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):  # no newline after it: the write was cut, not the file corrupted
+                break
+            raise FedbridgeError(f"{path}, line {number}, is not JSON; the file was edited or damaged") from None
+    return records
+
+
+def rewrite_metrics(run: Path, records: list[dict]) -> None:
+    atomic_write(run / METRICS, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def weights_path(run: Path, seed: int, method: str) -> Path:
+    return Path(run) / WEIGHTS / f"seed{seed}-{method}.pt"
+
+
 def save_weights(run: Path, seed: int, method: str, params: dict[str, torch.Tensor]) -> None:
-    atomic_write(run / WEIGHTS / f"seed{seed}-{method}.pt", lambda tmp: torch.save(params, tmp))
+    atomic_write(weights_path(run, seed, method), lambda tmp: torch.save(params, tmp))
+
+
+def _load(path: Path, what: str):
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # torch raises many kinds for a damaged file; all mean the same to a user
+        raise FedbridgeError(f"{path} cannot be read as {what} ({type(e).__name__}); it was damaged or replaced") from None
+
+
+def load_weights(run: Path, seed: int, method: str) -> dict[str, torch.Tensor] | None:
+    path = weights_path(run, seed, method)
+    return _load(path, "saved weights") if path.exists() else None
+
+
+def save_checkpoint(run: Path, checkpoint: dict) -> None:
+    """Where an unfinished run stands: tensors, numbers and strings only, so it loads with weights_only."""
+    atomic_write(run / CHECKPOINT, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def load_checkpoint(run: Path) -> dict | None:
+    path = Path(run) / CHECKPOINT
+    return _load(path, "a checkpoint") if path.exists() else None
 
 
 def write_summary(run: Path, summary: dict) -> None:
@@ -91,6 +144,28 @@ def read_summary(run: Path) -> dict:
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single seed)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t interval for the mean over seeds; None for one seed, where there is no spread to go on."""
+    if len(values) < 2:
+        return None
+    import scipy.stats  # here, not at the top: it takes a second to import and only sweeps need it
+
+    mean, std = mean_std(values)
+    half = scipy.stats.t.ppf((1 + level) / 2, len(values) - 1) * std / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+def paired_gains(final_records: list[dict], strategy: str) -> dict[int, list[float]]:
+    """Per client, the strategy's own-test accuracy minus the same seed's local-only one, one per seed:
+    pairing by seed removes the partition's and the noise's share of the seed-to-seed spread."""
+    own = {(r["seed"], r["client"], r["method"]): r["accuracy"] for r in final_records if r["test_set"] == "own"}
+    gains: dict[int, list[float]] = defaultdict(list)
+    for (seed, client, method), acc in sorted(own.items()):
+        if method == strategy and (seed, client, "local") in own:
+            gains[client].append(acc - own[(seed, client, "local")])
+    return dict(gains)
 
 
 def table(final_records: list[dict]) -> list[dict]:

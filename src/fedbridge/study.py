@@ -1,7 +1,9 @@
-"""One study: for each seed, build the federation and train every method; write the run directory."""
+"""One study: for each seed, build the federation and train every method; write the run directory,
+checkpointing as it goes so an interrupted study can be resumed."""
 
 import platform
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -11,9 +13,11 @@ import fedbridge
 from fedbridge import results
 from fedbridge.data.idx import Dataset, load_dataset
 from fedbridge.engines import simulation
-from fedbridge.errors import DataError
-from fedbridge.experiment import Experiment, Sizes
+from fedbridge.errors import DataError, FedbridgeError
+from fedbridge.experiment import Experiment, Sizes, load_experiment
 from fedbridge.federation import build_federation
+from fedbridge.progress import progress_bar, say
+from fedbridge.strategies.api import ServerState
 
 
 def resolve_dataset(exp: Experiment, data_dir: Path | None) -> tuple[Dataset, Experiment, str | None]:
@@ -66,37 +70,118 @@ def summarize(
     }
 
 
+@dataclass
+class Position:
+    """How far a run directory got: what to skip and where to pick up on resume."""
+
+    finished: set[tuple[int, str]] = field(default_factory=set)  # (seed, method) with saved weights
+    current: tuple[int, str, int, ServerState] | None = None  # (seed, method, round, state) to continue
+    seconds: dict[str, list[float]] = field(default_factory=dict)  # training time of finished pairs
+    elapsed: float = 0.0  # time already spent on `current`
+    note: str | None = None
+
+
+def load_run_experiment(run: Path) -> Experiment:
+    """The experiment a run directory was started with (its resolved config.toml)."""
+    if not (Path(run) / results.CONFIG).is_file():
+        raise FedbridgeError(
+            f"{run} has no {results.CONFIG}, so it is not a run directory; "
+            "give the folder `fedbridge run` printed (its --out)"
+        )
+    return load_experiment(Path(run) / results.CONFIG)[0]
+
+
+def restore(run: Path, exp: Experiment, seeds: list[int]) -> Position:
+    """Rebuild the position from the weights saved and the last checkpoint, and cut metrics.jsonl
+    back to exactly what that position had written, so the resumed run appends the rest once."""
+    checkpoint = results.load_checkpoint(run)
+    pairs = [(s, m) for s in seeds for m in exp.methods]
+    finished = {pair for pair in pairs if results.weights_path(run, *pair).exists()}
+    position = Position(finished=finished, seconds={m: [] for m in exp.methods})
+    limit: dict[tuple[int, str], int] = {pair: exp.train.rounds for pair in finished}
+    if checkpoint is not None:
+        pair = (checkpoint["seed"], checkpoint["method"])
+        position.note = checkpoint["note"]
+        for method, spent in checkpoint["seconds"].items():
+            position.seconds[method] = list(spent)
+        if pair in finished:  # it ended after this checkpoint, before the next pair's first one
+            position.seconds[pair[1]].append(checkpoint["elapsed"])
+        else:
+            state = ServerState(checkpoint["params"], checkpoint["extra"])
+            position.current = (*pair, checkpoint["round"], state)
+            position.elapsed = checkpoint["elapsed"]
+            limit[pair] = checkpoint["round"]
+    # rewritten even when nothing is dropped: a cut last line would otherwise prefix the next append
+    kept = [r for r in results.read_metrics(run) if r["round"] <= limit.get((r["seed"], r["method"]), -1)]
+    results.rewrite_metrics(run, kept)
+    return position
+
+
 def run_study(
-    exp: Experiment, out: Path, data_dir: Path | None, console: Console, train=simulation.train
+    exp: Experiment, out: Path, data_dir: Path | None, console: Console, train=simulation.train,
+    *, resume: bool = False, quiet: bool = False,
 ) -> dict:
     """Train every method for every seed with `train` (the simulation engine, or another engine
-    with the same signature, e.g. Flower's) and write the run directory."""
+    with the same signature, e.g. Flower's) and write the run directory.
+
+    After each evaluated round the server state is checkpointed; with `resume`, `out` is an
+    interrupted run of this same `exp` and only what it had not finished is trained.
+    """
     dataset, exp, note = resolve_dataset(exp, data_dir)
+    seeds = [exp.seed + i for i in range(exp.seeds)]
+    if resume:
+        position = restore(out, exp, seeds)
+        note = position.note or note
+    else:
+        position = Position(seconds={m: [] for m in exp.methods})
+        results.create_run_dir(out)
+        results.write_config(out, resolved_config(exp))
     if note:
         console.print(f"[yellow]note:[/yellow] {note}")
-    run = results.create_run_dir(out)
-    results.write_config(run, resolved_config(exp))
-    seeds = [exp.seed + i for i in range(exp.seeds)]
-    final: list[dict] = []
-    seconds: dict[str, list[float]] = {m: [] for m in exp.methods}
-    for seed in seeds:
-        federation = build_federation(dataset, exp, seed)
-        for method in exp.methods:
-            start = time.perf_counter()
+    rounds = exp.train.rounds
+    final = [r for r in results.read_metrics(out) if r["round"] == rounds] if resume else []
+    seconds = position.seconds
+    done_rounds = len(position.finished) * rounds + (position.current[2] if position.current else 0)
+    with progress_bar(console, "rounds", quiet) as progress:
+        task = progress.add_task(exp.name, total=len(seeds) * len(exp.methods) * rounds, completed=done_rounds, status="")
+        for seed in seeds:
+            if all((seed, m) in position.finished for m in exp.methods):
+                continue
+            federation = build_federation(dataset, exp, seed)
+            for method in exp.methods:
+                if (seed, method) in position.finished:
+                    continue
+                resume_at = None
+                earlier = 0.0
+                if position.current and position.current[:2] == (seed, method):
+                    resume_at, earlier = position.current[2:], position.elapsed
+                start = time.perf_counter() - earlier
+                last = resume_at[0] if resume_at else 0
 
-            def on_round(r: int, records: list[dict], state) -> None:
-                results.append_metrics(run, records)
-                if r == exp.train.rounds:
-                    final.extend(records)
+                def on_round(r: int, records: list[dict], state: ServerState) -> None:
+                    nonlocal last
+                    results.append_metrics(out, records)
+                    if r == rounds:
+                        final.extend(records)
+                    results.save_checkpoint(out, {
+                        "seed": seed, "method": method, "round": r, "params": state.params, "extra": state.extra,
+                        "seconds": seconds, "elapsed": time.perf_counter() - start, "note": note,
+                    })
+                    own = [x["accuracy"] for x in records if x["test_set"] == "own"]
+                    progress.update(task, advance=r - last, status=(
+                        f"seed {seed} {method} round {r}: own test {100 * sum(own) / len(own):.1f}%"))
+                    last = r
 
-            params = train(method, federation, exp, seed, on_round)
-            seconds[method].append(time.perf_counter() - start)
-            results.save_weights(run, seed, method, params)
-            clean = [r["accuracy"] for r in final if r["seed"] == seed and r["method"] == method and r["test_set"] == "clean"]
-            console.print(
-                f"seed {seed} · {method:<7} · {exp.train.rounds} rounds in {seconds[method][-1]:.1f} s"
-                f" · clean test {100 * sum(clean) / len(clean):.1f}% (mean over clients)"
-            )
+                # only when resuming, so an engine without resume support still runs fresh studies
+                more = {"resume": resume_at} if resume_at else {}
+                params = train(method, federation, exp, seed, on_round, **more)
+                seconds[method].append(time.perf_counter() - start)
+                results.save_weights(out, seed, method, params)
+                clean = [r["accuracy"] for r in final if r["seed"] == seed and r["method"] == method and r["test_set"] == "clean"]
+                say(progress, quiet,
+                    f"seed {seed} · {method:<7} · {rounds} rounds in {seconds[method][-1]:.1f} s"
+                    f" · clean test {100 * sum(clean) / len(clean):.1f}% (mean over clients)")
     summary = summarize(exp, dataset, note, seeds, final, seconds)
-    results.write_summary(run, summary)
+    results.write_summary(out, summary)
+    (out / results.CHECKPOINT).unlink(missing_ok=True)
     return summary

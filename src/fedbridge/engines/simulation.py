@@ -5,20 +5,21 @@ strategy or federation, so every number in the before/after table comes from the
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from fedbridge.experiment import Experiment
+from fedbridge.experiment import Experiment, FedAvg, clients_per_round
 from fedbridge.federation import Client, Federation
-from fedbridge.local import Recipe, client_generator, evaluate, local_update
+from fedbridge.local import GradientAdjust, LocalResult, Recipe, client_generator, evaluate, local_update
 from fedbridge.models import build_model, init_params
 from fedbridge.optim import Params
-from fedbridge.strategies.api import ServerState, Strategy
+from fedbridge.strategies.api import LocalTrain, ServerState, Strategy
 from fedbridge.strategies.fedavg import FEDAVG
 from fedbridge.strategies.local_only import LOCAL_ONLY
+from fedbridge.strategies.registry import build
 
-STREAM_INIT, STREAM_SAMPLE, STREAM_BATCHES = 10, 11, 12
+STREAM_INIT, STREAM_SAMPLE, STREAM_BATCHES, STREAM_FINETUNE = 10, 11, 12, 13
 
 Record = dict  # one metrics.jsonl line
 
@@ -29,8 +30,8 @@ def recipe(exp: Experiment) -> Recipe:
 
 
 def sample_clients(n_clients: int, fraction: float, seed: int, round_: int) -> torch.Tensor:
-    """max(1, round(C*K)) distinct clients, in increasing order (McMahan et al.)."""
-    m = max(1, round(fraction * n_clients))
+    """clients_per_round distinct clients, in increasing order."""
+    m = clients_per_round(n_clients, fraction)
     if m == n_clients:
         return torch.arange(n_clients)
     order = torch.randperm(n_clients, generator=client_generator(seed, STREAM_SAMPLE, round_))
@@ -55,7 +56,9 @@ def plan(method: str, federation: Federation, exp: Experiment) -> Plan:
         return Plan(LOCAL_ONLY, rows, 1.0)
     if method == "pooled":
         return Plan(FEDAVG, pooled(federation), 1.0)
-    return Plan(FEDAVG, rows, exp.train.client_fraction)
+    # the FedAvg baseline beside another strategy, or the strategy itself
+    config = exp.strategy if method == exp.strategy.name else FedAvg()
+    return Plan(build(config, exp.train), rows, exp.train.client_fraction)
 
 
 def evaluate_clients(
@@ -85,6 +88,29 @@ def evaluate_clients(
 OnRound = Callable[[int, list[Record], ServerState], None]
 
 
+def round_trainer(
+    model: torch.nn.Module, federation: Federation, rows: list[torch.Tensor], how: Recipe,
+    seed: int, round_: int, ids: torch.Tensor, stream: int = STREAM_BATCHES,
+) -> LocalTrain:
+    """run(start, adjust, epochs, copy) -> LocalResult for the clients `ids` (see strategies.api.LocalTrain)."""
+
+    def run(start: Params, adjust: GradientAdjust | None = None, epochs: int | None = None, copy: int = 0) -> LocalResult:
+        # copy 0 keeps the stream every strategy had before strategies could train more than one model
+        generators = [client_generator(seed, stream, round_, i, *([copy] if copy else [])) for i in ids.tolist()]
+        recipe_ = replace(how, local_epochs=epochs) if epochs else how
+        return local_update(model, start, federation.train_images, federation.train_labels, rows, recipe_, generators, adjust)
+
+    return run
+
+
+def finetuned(model: torch.nn.Module, state: ServerState, federation: Federation, how: Recipe, epochs: int, seed: int, round_: int) -> ServerState:
+    """Every client's copy of the global model after `epochs` epochs on its own training data."""
+    ids = torch.arange(len(federation.clients))
+    run = round_trainer(model, federation, [c.train_rows for c in federation.clients], how, seed, round_, ids, STREAM_FINETUNE)
+    start = {n: p.expand(len(ids), *p.shape[1:]).clone() for n, p in state.params.items()}
+    return ServerState(run(start, epochs=epochs).params)
+
+
 def train(
     method: str,
     federation: Federation,
@@ -108,22 +134,23 @@ def train(
     for r in range(done + 1, rounds + 1):
         ids = sample_clients(len(p.train_rows), p.fraction, seed, r)
         rows = [p.train_rows[i] for i in ids.tolist()]
-        generators = [client_generator(seed, STREAM_BATCHES, r, i) for i in ids.tolist()]
-        result = local_update(
-            model, p.strategy.client_start(state, ids),
-            federation.train_images, federation.train_labels, rows, how, generators,
-            p.strategy.adjust(state, ids),
-        )
+        run = round_trainer(model, federation, rows, how, seed, r, ids)
+        if p.strategy.local is None:
+            result = run(p.strategy.client_start(state, ids), p.strategy.adjust(state, ids))
+        else:
+            result = p.strategy.local(state, ids, run)
         weights = torch.tensor([float(len(x)) for x in rows])
         state = p.strategy.aggregate(state, ids, result, weights)
         if r % exp.eval.every == 0 or r == rounds:
             cross = exp.eval.cross_clients and r == rounds
+            k = p.strategy.finetune_epochs
+            evaluated = finetuned(model, state, federation, how, k, seed, r) if k else state
             records = [
                 {
                     "seed": seed, "method": method, "round": r, "client": c.index + 1,
                     "profile": c.profile, "test_set": test_set, "accuracy": acc, "loss": loss,
                 }
-                for c, test_set, acc, loss in evaluate_clients(model, state, federation, cross)
+                for c, test_set, acc, loss in evaluate_clients(model, evaluated, federation, cross)
             ]
             on_round(r, records, state)
     return state.params

@@ -3,7 +3,13 @@
 from rich.console import Console
 from rich.table import Table
 
-METHOD_TITLES = {"local": "alone", "pooled": "pooled", "fedavg": "FedAvg"}
+METHOD_TITLES = {
+    "local": "alone", "pooled": "pooled", "fedavg": "FedAvg", "fedavgm": "FedAvgM", "fedadam": "FedAdam",
+    "fedyogi": "FedYogi", "fedadagrad": "FedAdagrad", "fedprox": "FedProx", "scaffold": "SCAFFOLD",
+    "fednova": "FedNova", "median": "median", "trimmed_mean": "trimmed mean", "krum": "Krum",
+    "clipping": "clipped mean", "quality": "quality-weighted", "finetune": "FedAvg + fine-tuning",
+    "ditto": "Ditto", "fedper": "FedPer", "fedrep": "FedRep",
+}
 CROSS_TABLE_MAX_CLIENTS = 10  # beyond this the clients-by-clients grid is unreadable in a terminal
 
 
@@ -40,7 +46,7 @@ def render(summary: dict, console: Console) -> None:
     main.add_column("data")
     for m in methods:
         main.add_column(f"{title(m)}, own test", justify="right")
-        if m == strategy and "local" in methods:
+        if m in (strategy, "fedavg") and "local" in methods:
             main.add_column("gain", justify="right")
     for m in methods:
         main.add_column(f"{title(m)}, clean test", justify="right")
@@ -48,8 +54,8 @@ def render(summary: dict, console: Console) -> None:
         cells = [str(c), profiles[c]]
         for m in methods:
             cells.append(_cell(rows, (c, m, "own")))
-            if m == strategy and "local" in methods:
-                cells.append(_gain(rows, c, strategy))
+            if m in (strategy, "fedavg") and "local" in methods:
+                cells.append(_gain(rows, c, m))
         cells += [_cell(rows, (c, m, "clean")) for m in methods]
         main.add_row(*cells)
     console.print(main)

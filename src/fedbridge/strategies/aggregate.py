@@ -14,3 +14,18 @@ def weighted_mean(stacked: Params, weights: torch.Tensor) -> Params:
 def difference(a: Params, b: Params) -> Params:
     """a - b, broadcasting a leading axis of 1 against K."""
     return {n: a[n] - b[n] for n in a}
+
+
+def flat(stacked: Params) -> torch.Tensor:
+    """All tensors of each client as one row: [K, total parameters]."""
+    return torch.cat([x.flatten(1) for x in stacked.values()], dim=1)
+
+
+def norms(stacked: Params) -> torch.Tensor:
+    """The L2 norm [K] of each client's whole update, over all its tensors."""
+    return flat(stacked).norm(dim=1)
+
+
+def moved(params: Params, update: Params, scale: float = 1.0) -> Params:
+    """params + scale * update (the server step of FedAvg and every rule that only changes `update`)."""
+    return {n: p + scale * update[n] for n, p in params.items()}

@@ -16,6 +16,11 @@ import torch
 from fedbridge.local import GradientAdjust, LocalResult
 from fedbridge.optim import Params
 
+# run(start [K, ...], adjust=None, epochs=None, copy=0) -> LocalResult: the engine's local training of
+# the round's sampled clients; `epochs` overrides the recipe's local epochs, and each `copy` gets
+# its own minibatch order, so a strategy can train several models per client (Ditto) or in phases (FedRep)
+LocalTrain = Callable[..., LocalResult]
+
 
 @dataclass
 class ServerState:
@@ -37,3 +42,7 @@ class Strategy:
     aggregate: Callable[[ServerState, torch.Tensor, LocalResult, torch.Tensor], ServerState]
     # aggregate(state, sampled ids, local results [K, ...], weights [K]) -> new state
     adjust: Callable[[ServerState, torch.Tensor], GradientAdjust | None] = lambda state, ids: None
+    # local(state, ids, run) -> LocalResult replaces the default run(client_start, adjust)
+    local: Callable[[ServerState, torch.Tensor, LocalTrain], LocalResult] | None = None
+    # before each evaluation, every client trains the global model this many epochs on its own data
+    finetune_epochs: int = 0

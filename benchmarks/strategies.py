@@ -1,0 +1,191 @@
+"""Which way of combining models serves each client best, the noisiest included (issue 5).
+
+Scenario matrix: {MNIST, Fashion-MNIST} x {IID, Dirichlet(0.3)} x seeds; 10 clients: 5 clean,
+2 with gaussian input noise sigma 0.5, 1 with sigma 1.0, 2 with symmetric label noise 0.4 (noise on
+their training and own test data alike). MLP 784-128-10, SGD. Every strategy runs through the
+simulation engine beside "alone" (local); each finished run is appended to a JSON-lines file, so
+an interrupted benchmark keeps what it measured and `--table` summarises whatever is there.
+
+    python -m benchmarks.strategies --rounds 10 --seeds 3 --out benchmarks/results/strategies.jsonl
+    python -m benchmarks.strategies --table benchmarks/results/strategies*.jsonl
+"""
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from fedbridge import detection
+from fedbridge.data.idx import load_dataset
+from fedbridge.engines import simulation
+from fedbridge.experiment import validate
+from fedbridge.federation import build_federation
+
+CLIENTS = [
+    {"count": 5, "profile": "clean"},
+    {"count": 2, "profile": {"name": "gaussian", "sigma": 0.5}},
+    {"count": 1, "profile": {"name": "gaussian", "sigma": 1.0}},
+    {"count": 2, "profile": {"name": "symmetric", "rate": 0.4}},
+]
+PARTITIONS = {"iid": {"name": "iid"}, "dirichlet": {"name": "dirichlet", "alpha": 0.3}}
+# method label -> strategy table; "local" is training alone
+METHODS = {
+    "local": None,
+    "fedavg": {"name": "fedavg"},
+    "fedavgm": {"name": "fedavgm", "server_lr": 0.1, "momentum": 0.9},
+    "fedadam": {"name": "fedadam", "server_lr": 0.01},
+    "fedprox": {"name": "fedprox", "mu": 0.01},
+    "scaffold": {"name": "scaffold"},
+    "fednova": {"name": "fednova"},
+    "median": {"name": "median"},
+    "trimmed_mean": {"name": "trimmed_mean", "beta": 0.2},
+    "krum": {"name": "krum", "byzantine": 2, "select": 1},
+    "clipping": {"name": "clipping"},
+    "quality": {"name": "quality", "alpha": 5.0},
+    "finetune": {"name": "finetune", "epochs": 1},
+    "ditto": {"name": "ditto", "lam": 0.1},
+    "fedper": {"name": "fedper"},
+    "fedrep": {"name": "fedrep", "head_epochs": 1},
+}
+
+
+def experiment(dataset: str, partition: str, strategy: dict | None, rounds: int, lr: float, batch_size: int):
+    return validate({
+        "name": f"strategies-{dataset}-{partition}",
+        "data": {"name": dataset},
+        "partition": PARTITIONS[partition],
+        "clients": CLIENTS,
+        "model": "mlp",
+        "train": {"optimizer": "sgd", "lr": lr, "batch_size": batch_size, "rounds": rounds},
+        "strategy": strategy or {"name": "fedavg"},
+        "baselines": ["local"],
+        "eval": {"every": rounds, "cross_clients": False},
+    })
+
+
+def run(args) -> None:
+    torch.set_num_threads(1)  # the machine is shared; one thread per benchmark process
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if out.exists():
+        done = {(r["dataset"], r["partition"], r["seed"], r["method"]) for r in map(json.loads, out.open())}
+    for seed in range(args.seeds):
+        for dataset in args.datasets:
+            data = load_dataset(dataset, args.data_dir)
+            for partition in args.partitions:
+                federation = None
+                for method in args.methods:
+                    if (dataset, partition, seed, method) in done:
+                        continue
+                    exp = experiment(dataset, partition, METHODS[method], args.rounds, args.lr, args.batch_size)
+                    federation = federation or build_federation(data, exp, seed)
+                    final: dict = {}
+
+                    def on_round(r, records, state):
+                        final.update(records=records, state=state)
+
+                    start = time.perf_counter()
+                    simulation.train("local" if method == "local" else exp.strategy.name, federation, exp, seed, on_round)
+                    history = final["state"].extra.get("detection", {})
+                    noisy = [c.profile != "clean" for c in federation.clients]
+                    line = {
+                        "dataset": dataset, "partition": partition, "seed": seed, "method": method,
+                        "rounds": args.rounds, "seconds": time.perf_counter() - start,
+                        "own": {c.index + 1: None for c in federation.clients},
+                        "profiles": {c.index + 1: c.profile for c in federation.clients},
+                        "auc": {s: [detection.roc_auc(row, noisy) for row in h] for s, h in history.items()},
+                    }
+                    clean = []
+                    for rec in final["records"]:
+                        if rec["test_set"] == "own":
+                            line["own"][rec["client"]] = rec["accuracy"]
+                        elif rec["test_set"] == "clean":
+                            clean.append(rec["accuracy"])
+                    line["clean"] = statistics.fmean(clean)
+                    with out.open("a") as f:
+                        f.write(json.dumps(line) + "\n")
+                    print(f"{dataset} {partition} seed {seed} {method}: clean {100 * line['clean']:.1f}% "
+                          f"worst own {100 * min(line['own'].values()):.1f}% ({line['seconds']:.0f} s)", flush=True)
+
+
+def _pm(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = statistics.fmean(values)
+    return f"{100 * mean:.1f} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{100 * mean:.1f}"
+
+
+def table(paths: list[Path]) -> str:
+    lines = [json.loads(x) for path in paths for x in path.open()]
+    by = {(r["dataset"], r["partition"], r["seed"], r["method"]): r for r in lines}
+    scenarios = sorted({(r["dataset"], r["partition"]) for r in lines})
+    methods = [m for m in METHODS if any(r["method"] == m for r in lines)]
+    out = []
+    for dataset, partition in scenarios:
+        seeds = sorted({r["seed"] for r in lines if (r["dataset"], r["partition"]) == (dataset, partition)})
+        profiles = by.get((dataset, partition, seeds[0], "local"), lines[0])["profiles"]
+        groups = defaultdict(list)  # profile -> clients
+        for c, p in profiles.items():
+            if p != "clean":
+                groups[p].append(c)
+        rounds = lines[0]["rounds"]
+        out.append(f"\n**{dataset}, {partition}** ({rounds} rounds, seeds {', '.join(map(str, seeds))}; accuracy %, mean ± std over seeds)\n")
+        out.append("| strategy | clean test | mean client, own test | worst client, own test | "
+                   + " | ".join(f"gain over alone: {p}" for p in groups) + " |")
+        out.append("|---" * (4 + len(groups)) + "|")
+        for m in methods:
+            runs = [by[(dataset, partition, s, m)] for s in seeds if (dataset, partition, s, m) in by]
+            local = {r["seed"]: by.get((dataset, partition, r["seed"], "local")) for r in runs}
+            gains = []
+            for p, clients in groups.items():
+                g = [statistics.fmean(r["own"][c] - local[r["seed"]]["own"][c] for c in clients)
+                     for r in runs if local[r["seed"]]]
+                gains.append("–" if m == "local" else _pm(g))
+            out.append(
+                f"| {m} | {_pm([r['clean'] for r in runs])} | {_pm([statistics.fmean(r['own'].values()) for r in runs])} "
+                f"| {_pm([min(r['own'].values()) for r in runs])} | " + " | ".join(gains) + " |"
+            )
+    out.append("\n**Noisy-client detection under FedAvg** (ROC-AUC of each score against the true profiles, mean over seeds)\n")
+    out.append("| scenario | score | round 1 | last round | reliable (AUC ≥ 0.9 to the end) from round |")
+    out.append("|---|---|---|---|---|")
+    for dataset, partition in scenarios:
+        runs = [r for r in lines if (r["dataset"], r["partition"], r["method"]) == (dataset, partition, "fedavg")]
+        for score in detection.SCORES:
+            curves = [r["auc"][score] for r in runs if score in r["auc"]]
+            if not curves:
+                continue
+            mean_curve = [statistics.fmean(x for x in v if x is not None) if any(x is not None for x in v) else None
+                          for v in zip(*curves)]
+            reliable = detection.reliable_from(mean_curve)
+            shown = ["–" if a is None else f"{a:.2f}" for a in (mean_curve[0], mean_curve[-1])]
+            out.append(f"| {dataset}, {partition} | {score} | {shown[0]} | {shown[1]} | "
+                       f"{reliable if reliable else 'never'} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table", type=Path, nargs="+", help="summarise results files instead of running")
+    parser.add_argument("--out", default="benchmarks/results/strategies.jsonl")
+    parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
+    parser.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=list(PARTITIONS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--data-dir", type=Path)
+    args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Noisy-client detection: each round, a score per sampled client from what the server sees
+(higher = more likely noisy), and its ROC-AUC against the clients' true profiles.
+
+Scores:
+- loss: the client's mean training loss of the round (it starts from the global model);
+- update_norm: the L2 norm of its update;
+- disagreement: 1 - cosine similarity of its update with the coordinate-wise median update.
+`observed(strategy)` records them in ServerState.extra["detection"] ({score: [rounds, clients]},
+NaN where a client was not sampled), so they are checkpointed with the state and read in on_round.
+"""
+
+import math
+from dataclasses import replace
+
+import torch
+from sklearn.metrics import roc_auc_score
+
+from fedbridge.local import LocalResult
+from fedbridge.optim import Params
+from fedbridge.strategies.aggregate import difference, flat, norms
+from fedbridge.strategies.api import ServerState, Strategy
+from fedbridge.strategies.robust import median
+
+SCORES = ("loss", "update_norm", "disagreement")
+
+
+def client_scores(updates: Params, result: LocalResult) -> dict[str, torch.Tensor]:
+    """Each score [K] for the K clients of one round."""
+    x = flat(updates)
+    centre = flat(median(updates, torch.ones(x.shape[0])))
+    cosine = torch.nn.functional.cosine_similarity(x, centre, dim=1)
+    return {"loss": result.loss, "update_norm": norms(updates), "disagreement": 1 - cosine}
+
+
+def observed(strategy: Strategy) -> Strategy:
+    """The same strategy, also recording every round's detection scores in the state."""
+
+    def aggregate(state: ServerState, ids: torch.Tensor, result: LocalResult, weights: torch.Tensor) -> ServerState:
+        scores = client_scores(difference(result.params, strategy.client_start(state, ids)), result)
+        new = strategy.aggregate(state, ids, result, weights)
+        n = state.extra["detection_clients"]
+        history = dict(state.extra.get("detection", {}))
+        for name, s in scores.items():
+            row = torch.full((1, n), math.nan)
+            row[0, ids] = s.float()
+            history[name] = torch.cat([history[name], row]) if name in history else row
+        return ServerState(params=new.params, extra={**new.extra, "detection": history})
+
+    def init(initial: Params, n_clients: int) -> ServerState:
+        state = strategy.init(initial, n_clients)
+        return ServerState(state.params, {**state.extra, "detection_clients": n_clients})
+
+    return replace(strategy, init=init, aggregate=aggregate)
+
+
+def roc_auc(scores: torch.Tensor, noisy: list[bool]) -> float | None:
+    """ROC-AUC of one round's scores [n] (NaN = not sampled) against the true noisy flags;
+    None when the sampled clients are all noisy or all clean."""
+    seen = ~torch.isnan(scores)
+    truth = [f for f, s in zip(noisy, seen.tolist()) if s]
+    if len(set(truth)) < 2:
+        return None
+    return float(roc_auc_score(truth, scores[seen].tolist()))
+
+
+def reliable_from(aucs: list[float | None], threshold: float = 0.9) -> int | None:
+    """The first round (1-based) from which the ROC-AUC stays at or above `threshold`."""
+    start = None
+    for r, auc in enumerate(aucs, start=1):
+        if auc is None or auc < threshold:
+            start = None
+        elif start is None:
+            start = r
+    return start

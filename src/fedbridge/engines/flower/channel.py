@@ -1,0 +1,51 @@
+"""What a ServerApp leaves in its out-dir, and how `fedbridge deploy` reads it back while it runs.
+
+One `round-NNNN.json` (metrics records) and `round-NNNN.pt` (server state) per evaluated round,
+then `end.json` saying how the run ended. Each file is written whole (temp file + rename), the
+weights before the records, so a round is complete as soon as its records exist.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fedbridge.results import atomic_write
+from fedbridge.strategies.api import ServerState
+
+END = "end.json"
+
+
+def write_round(out: Path, round_: int, records: list[dict], state: ServerState) -> None:
+    saved = {"params": state.params, "extra": state.extra}
+    atomic_write(out / f"round-{round_:04d}.pt", lambda tmp: torch.save(saved, tmp))
+    atomic_write(out / f"round-{round_:04d}.json", json.dumps(records))
+
+
+def write_end(out: Path, ok: bool, message: str = "") -> None:
+    atomic_write(out / END, json.dumps({"ok": ok, "message": message}))
+
+
+@dataclass
+class Round:
+    number: int
+    records: list[dict]
+    state: ServerState
+
+
+def read_rounds(out: Path, after: int) -> list[Round]:
+    """The complete rounds numbered above `after`, in order."""
+    rounds = []
+    for path in sorted(out.glob("round-*.json")):
+        number = int(path.stem.removeprefix("round-"))
+        if number > after:
+            saved = torch.load(path.with_suffix(".pt"), weights_only=True)
+            rounds.append(Round(number, json.loads(path.read_text()), ServerState(saved["params"], saved["extra"])))
+    return rounds
+
+
+def read_end(out: Path) -> dict | None:
+    """{"ok", "message"} once the ServerApp has finished, else None."""
+    path = out / END
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,155 @@
+"""The ClientApp: one client of the federation on its own SuperNode.
+
+The node's config says which client it is (`partition-id`, as Flower's simulation sets it too) and
+where its data is: for benchmarks the shared dataset (`data-dir`, else FEDBRIDGE_DATA and the usual
+places), of which the node keeps only its own share of the federation built with the shared seed;
+for real use a folder of the node's own IDX files (`data-folder`). The server sends the experiment
+and the seed; the node applies its data-quality profile here (cached on the node), and no sample
+leaves it. Training and evaluation are fedbridge's own functions with K=1.
+"""
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedbridge.data.idx import Dataset, cache_dir, load_dataset, read_idx
+from fedbridge.engines.flower.arrays import from_record, to_record
+from fedbridge.engines.simulation import STREAM_BATCHES, recipe
+from fedbridge.errors import ConfigError, DataError
+from fedbridge.experiment import IID, ClientGroup, Experiment
+from fedbridge.federation import Client, Federation, build_federation
+from fedbridge.local import client_generator, evaluate, local_update
+from fedbridge.models import build_model
+from fedbridge.results import atomic_write
+
+app = ClientApp()
+
+
+KEPT = 2  # data files a node keeps per client in the cache; older ones are removed
+# a node's own data (node config `data-folder`): its training data, split like every client's into
+# train and own test, and a test set it reports as the "clean" one
+FOLDER_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def folder_dataset(folder: Path, name: str) -> Dataset:
+    """A node's own data: the four IDX files (gzipped or not) of FOLDER_FILES in `folder`."""
+    arrays = []
+    for stem in FOLDER_FILES:
+        found = [p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()]
+        if not found:
+            raise DataError(f"data-folder {folder} has no {stem}(.gz); it must hold {', '.join(FOLDER_FILES)} "
+                            "(this node's training data and a test set), as IDX files")
+        arrays.append(read_idx(found[0]))
+    train_images, train_labels, test_images, test_labels = arrays
+    return Dataset(name, train_images, train_labels.astype(np.int64), test_images, test_labels.astype(np.int64),
+                   source=str(folder))
+
+
+def build_own(exp: Experiment, seed: int, client: int, data_dir: str | None, data_folder: str | None) -> Federation:
+    """Only this client's share of the benchmark federation, or, with `data_folder`, the node's own
+    files as a one-client federation with this client's profile (split and corrupted the same way)."""
+    if data_folder is None:
+        full = build_federation(load_dataset(exp.data.name, data_dir), exp, seed)
+        mine = full.clients[client]
+    else:
+        alone = exp.model_copy(update={"clients": [ClientGroup(profile=exp.profiles[client])], "partition": IID(name="iid")})
+        full = build_federation(folder_dataset(Path(data_folder), exp.data.name), alone, seed)
+        mine = full.clients[0]
+    return Federation(
+        full.dataset, full.source, full.num_classes, full.train_images[mine.train_rows],
+        full.train_labels[mine.train_rows],
+        [Client(client, mine.profile, torch.arange(len(mine.train_rows)), mine.test_images, mine.test_labels)],
+        full.clean_test_images, full.clean_test_labels,
+    )
+
+
+def node_data(experiment: str, seed: int, client: int, data_dir: str | None, data_folder: str | None) -> Federation:
+    """A federation holding only this node's client (index kept), built once per experiment and seed.
+
+    Flower starts a new ClientApp process for every message, so the client's data is kept in the
+    node's cache folder instead of being rebuilt from the dataset for every round."""
+    key = hashlib.sha256(f"{experiment}|{seed}|{client}|{data_folder}".encode()).hexdigest()[:24]
+    folder = cache_dir() / "flower-node"
+    path = folder / f"client{client}-{key}.pt"
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        own = Client(client, saved["profile"], torch.arange(len(saved["train_labels"])), saved["test_images"],
+                     saved["test_labels"])
+        return Federation(saved["dataset"], saved["source"], saved["num_classes"], saved["train_images"],
+                          saved["train_labels"], [own], saved["clean_test_images"], saved["clean_test_labels"])
+    own = build_own(Experiment.model_validate_json(experiment), seed, client, data_dir, data_folder)
+    mine = own.clients[0]
+    saved = {
+        "dataset": own.dataset, "source": own.source, "num_classes": own.num_classes,
+        "train_images": own.train_images, "train_labels": own.train_labels,
+        "profile": mine.profile, "test_images": mine.test_images, "test_labels": mine.test_labels,
+        "clean_test_images": own.clean_test_images, "clean_test_labels": own.clean_test_labels,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: torch.save(saved, tmp))
+    for old in sorted(folder.glob(f"client{client}-*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)[KEPT:]:
+        old.unlink(missing_ok=True)
+    return node_data(experiment, seed, client, data_dir, data_folder)
+
+
+def my_client(message: Message, context: Context) -> tuple[Experiment, int, Federation, Client]:
+    config = message.content["config"]
+    exp = Experiment.model_validate_json(config["experiment"])
+    if "partition-id" not in context.node_config:
+        raise ConfigError("this SuperNode has no partition-id; start it with --node-config 'partition-id=0'")
+    pid = int(context.node_config["partition-id"])
+    if not 0 <= pid < exp.n_clients:
+        raise ConfigError(f"partition-id={pid}, but the experiment has clients 0..{exp.n_clients - 1}")
+    data_dir = context.node_config.get("data-dir") or exp.data.dir
+    folder = context.node_config.get("data-folder") or None
+    federation = node_data(config["experiment"], int(config["seed"]), pid, data_dir and str(data_dir),
+                           folder and str(folder))
+    return exp, int(config["seed"]), federation, federation.clients[0]
+
+
+@app.query()
+def describe(message: Message, context: Context) -> Message:
+    """Which client this node is and what its data looks like, so the server can build the model."""
+    _, _, federation, client = my_client(message, context)
+    channels, height, width = federation.input_shape
+    info = ConfigRecord({
+        "partition-id": client.index, "num-examples": len(client.train_rows),
+        "input-shape": [channels, height, width], "num-classes": federation.num_classes,
+    })
+    return Message(RecordDict({"info": info}), reply_to=message)
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    exp, seed, federation, client = my_client(message, context)
+    round_ = int(message.content["config"]["round"])
+    model = build_model(exp.model, federation.input_shape, federation.num_classes)
+    result = local_update(
+        model, from_record(message.content["arrays"]), federation.train_images, federation.train_labels,
+        [client.train_rows], recipe(exp), [client_generator(seed, STREAM_BATCHES, round_, client.index)],
+    )
+    metrics = MetricRecord({
+        "partition-id": client.index, "num-examples": len(client.train_rows),
+        "steps": result.steps.item(), "loss": result.loss.item(),
+    })
+    return Message(RecordDict({"arrays": to_record(result.params), "metrics": metrics}), reply_to=message)
+
+
+@app.evaluate()
+def evaluate_model(message: Message, context: Context) -> Message:
+    """The global model on this client's own test data and on the clean test set."""
+    exp, _, federation, client = my_client(message, context)
+    model = build_model(exp.model, federation.input_shape, federation.num_classes)
+    params = from_record(message.content["arrays"])
+    own_acc, own_loss = evaluate(model, params, client.test_images, client.test_labels)
+    clean_acc, clean_loss = evaluate(model, params, federation.clean_test_images, federation.clean_test_labels)
+    metrics = MetricRecord({
+        "partition-id": client.index, "own-accuracy": own_acc.item(), "own-loss": own_loss.item(),
+        "clean-accuracy": clean_acc.item(), "clean-loss": clean_loss.item(),
+    })
+    return Message(RecordDict({"metrics": metrics}), reply_to=message)
+

@@ -1,0 +1,78 @@
+"""Stacked MLPs with a hand-written backward: the fast path for K clients' MLPs trained together.
+
+An MLP here is Flatten, then Linear layers joined by ReLU (the study's mlp and 2nn). With the
+clients' weights stacked [K, out, in], each layer is one batched matmul forward, one for the input
+gradient and one for the weight gradient. On the McMahan round (2 threads; issue 4's prototype
+measurements) this was 2.4-3x faster than vmap + autograd and 1.4-1.8x faster than autograd on the
+same bmm graph: autograd's bookkeeping costs as much as the matmuls on these small shapes. For plain SGD the weight gradient is never
+materialised: `baddbmm_` subtracts lr * dZ^T H straight from the weights, saving one write and one
+read of a tensor the size of all K models per step.
+"""
+
+import torch
+from torch import nn
+
+from fedbridge.optim import Params
+
+
+def linear_layers(model: nn.Module) -> list[str] | None:
+    """Names of the Linear layers if `model` is Flatten, Linear, (ReLU, Linear)*; else None."""
+    children = list(model.named_children()) if isinstance(model, nn.Sequential) else []
+    if not children or not isinstance(children[0][1], nn.Flatten) or children[0][1].start_dim != 1:
+        return None
+    names = []
+    for i, (name, module) in enumerate(children[1:]):
+        if i % 2 == 0 and isinstance(module, nn.Linear) and module.bias is not None:
+            names.append(name)
+        elif i % 2 == 0 or not isinstance(module, nn.ReLU):
+            return None
+    return names if len(children) % 2 == 0 else None
+
+
+def forward(params: Params, layers: list[str], x: torch.Tensor) -> list[torch.Tensor]:
+    """Every layer's input and the logits, [x, h1, ..., logits], each [K, B, features]."""
+    acts = [x.flatten(2)]
+    for i, name in enumerate(layers):
+        z = torch.baddbmm(params[f"{name}.bias"].unsqueeze(1), acts[-1], params[f"{name}.weight"].transpose(1, 2))
+        acts.append(z.clamp_min_(0) if i < len(layers) - 1 else z)
+    return acts
+
+
+def cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each client's weighted mean cross-entropy [K] and its gradient w.r.t. the logits [K, B, C].
+
+    sample_weights [K, B] sum to 1 over a client's real samples (0 on padding), so the gradient is
+    (softmax - onehot) * weight, exactly what autograd gives for the per-client mean loss.
+    """
+    log_probs = logits.log_softmax(-1)
+    target = labels.unsqueeze(-1)
+    loss = -(log_probs.gather(-1, target).squeeze(-1) * sample_weights).sum(1)
+    grad = log_probs.exp_().scatter_add_(-1, target, torch.full_like(target, -1, dtype=logits.dtype))
+    return loss, grad.mul_(sample_weights.unsqueeze(-1))
+
+
+def backward(
+    params: Params, layers: list[str], acts: list[torch.Tensor], grad_logits: torch.Tensor, sgd_lr: float | None = None
+) -> Params:
+    """Gradients of the clients' losses w.r.t. their parameters.
+
+    With `sgd_lr`, plain SGD is applied in place as each layer's gradient is known and nothing is
+    returned. A client whose sample weights are all 0 gets exactly zero gradients, so it does not move.
+    """
+    grads = {}
+    delta = grad_logits
+    for i in reversed(range(len(layers))):
+        weight, bias = params[f"{layers[i]}.weight"], params[f"{layers[i]}.bias"]
+        # the input gradient needs this layer's weights before the fused update changes them
+        delta_in = torch.bmm(delta, weight) if i else None
+        if sgd_lr is None:
+            grads[f"{layers[i]}.weight"] = torch.bmm(delta.transpose(1, 2), acts[i])
+            grads[f"{layers[i]}.bias"] = delta.sum(1)
+        else:
+            weight.baddbmm_(delta.transpose(1, 2), acts[i], alpha=-sgd_lr)
+            bias.sub_(delta.sum(1), alpha=sgd_lr)
+        if i:
+            delta = delta_in.masked_fill_(acts[i] <= 0, 0)  # ReLU's gradient; acts[i] is its output
+    return grads

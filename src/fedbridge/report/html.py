@@ -1,0 +1,163 @@
+"""`fedbridge report`: one self-contained HTML file for a run or a sweep. Every figure is a PNG
+embedded as base64 and the style is inline, so the file opens anywhere without a network.
+
+The tables are the terminal's own (report/table.py, report/grid.py) exported by rich, so a number
+in the report is the number `fedbridge show` prints.
+"""
+
+import base64
+import html
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from fedbridge import results
+from fedbridge.errors import DataError, FedbridgeError
+from fedbridge.experiment import ClientGroup, Experiment
+from fedbridge.federation import build_federation
+from fedbridge.local import stacked_forward
+from fedbridge.models import build_model
+from fedbridge.report import plots
+from fedbridge.report.grid import grid_rows, render_grid
+from fedbridge.report.table import render
+from fedbridge.strategies.api import ServerState
+from fedbridge.study import load_run_experiment, resolve_dataset
+
+SAMPLES_PER_CLIENT = 8
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: 12px; line-height: 1.25; }
+pre.table { font-family: 'DejaVu Sans Mono', Menlo, Consolas, monospace; background: #fff; }
+img { max-width: 100%; } p.note { color: #8a5a00; } .caption { color: #555; font-size: .9em; }
+"""
+
+
+def image(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def terminal_table(draw: Callable[[Console], None]) -> str:
+    """What `draw` prints to a terminal, as HTML with inline colours."""
+    console = Console(record=True, width=240, file=io.StringIO(), soft_wrap=True)
+    draw(console)
+    return console.export_html(inline_styles=True, code_format='<pre class="table">{code}</pre>')
+
+
+def section(title: str, body: str, caption: str = "") -> str:
+    note = f'<p class="caption">{html.escape(caption)}</p>' if caption else ""
+    return f"<h2>{html.escape(title)}</h2>\n{body}\n{note}"
+
+
+def page(title: str, sections: list[str]) -> str:
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head>\n<body><h1>{html.escape(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n"
+    )
+
+
+def predictions(exp: Experiment, params: dict, images: torch.Tensor, num_classes: int) -> torch.Tensor:
+    model = build_model(exp.model, tuple(images.shape[1:]), num_classes)
+    return torch.cat([stacked_forward(model, params, x.unsqueeze(0))[0].argmax(-1) for x in images.split(2000)])
+
+
+def confusion(true: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.bincount(true * num_classes + predicted, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def data_sections(run: Path, exp: Experiment, summary: dict, data_dir: Path | None) -> list[str]:
+    """Sample images per client and the weakest client's confusion matrices: these need the data
+    itself, rebuilt exactly as the run's first seed saw it."""
+    try:
+        dataset, exp, _ = resolve_dataset(exp, data_dir)
+    except DataError as e:
+        return [section("Sample images and confusion matrices", f'<p class="note">Not drawn: {html.escape(str(e))}</p>')]
+    seed = summary["seeds"][0]
+    federation = build_federation(dataset, exp, seed)
+    # the same partition with every profile clean: the rows match, only the corruption differs
+    original = build_federation(dataset, exp.model_copy(update={"clients": [ClientGroup(count=g.count) for g in exp.clients]}), seed)
+    rows = []
+    for c, o in zip(federation.clients, original.clients):
+        picked = c.train_rows[:SAMPLES_PER_CLIENT]
+        rows.append((f"client {c.index + 1}:\n{c.profile}", original.train_images[picked], original.train_labels[picked],
+                     federation.train_images[picked], federation.train_labels[picked]))
+    out = [section(
+        "What each client's data looks like", image(plots.samples(rows), "sample images per client"),
+        f"The first {SAMPLES_PER_CLIENT} training images of each client (seed {seed}): the original above, what the "
+        "client trains on below, with its label (red where the profile changed the label).",
+    )]
+    own = {r["client"]: r["accuracy_mean"] for r in summary["table"] if r["test_set"] == "own" and r["method"] == "local"}
+    strategy = summary["strategy"]
+    before, after = results.load_weights(run, seed, "local"), results.load_weights(run, seed, strategy)
+    if not own or before is None or after is None:
+        return out
+    weakest = min(own, key=own.get)
+    client = federation.clients[weakest - 1]
+
+    def matrix(title: str, params: dict) -> tuple[str, torch.Tensor]:
+        predicted = predictions(exp, ServerState(params).model_for(client.index), client.test_images, federation.num_classes)
+        correct = 100 * (predicted == client.test_labels).float().mean().item()
+        return f"{title}: {correct:.1f}% correct", confusion(client.test_labels, predicted, federation.num_classes)
+
+    matrices = [matrix("alone (before)", before), matrix(f"{strategy} (after)", after)]
+    out.append(section(
+        f"The weakest client (client {weakest}, {client.profile}) before and after",
+        image(plots.confusions(matrices), "confusion matrices of the weakest client"),
+        f"Its own test data, seed {seed}; the weakest is the client with the lowest accuracy alone.",
+    ))
+    return out
+
+
+def run_page(run: Path, data_dir: Path | None) -> str:
+    summary = results.read_summary(run)
+    metrics = results.read_metrics(run)
+    exp = load_run_experiment(run)
+    strategy, seeds = summary["strategy"], summary["seeds"]
+    profiles = {r["client"]: r["profile"] for r in summary["table"]}
+    final = [r for r in metrics if r["round"] == summary["rounds"]]
+    spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
+    sections = [
+        section("What joining the federation changed", terminal_table(lambda console: render(summary, console)),
+                "gain = own-test accuracy with the federation − alone, in percentage points."),
+        section("Accuracy per round", image(plots.curves(metrics, strategy, profiles), "accuracy per round per client"),
+                f"{strategy} on each client's own and on the clean test set ({spread}, band ± std); dotted: "
+                "the same client trained alone, after the last round."),
+    ]
+    if "local" in summary["methods"]:
+        gains = results.paired_gains(final, strategy)
+        sections.append(section("Gain per client", image(plots.gain_bars(gains, profiles, strategy), "gain per client")))
+    sections += data_sections(run, exp, summary, data_dir)
+    versions = ", ".join(f"{k} {v}" for k, v in summary["versions"].items())
+    sections += [
+        section("Configuration", f"<pre>{html.escape((run / results.CONFIG).read_text())}</pre>", f"Versions: {versions}."),
+    ]
+    return page(f"{summary['name']}: {summary['dataset']}, {len(profiles)} clients, {summary['rounds']} rounds", sections)
+
+
+def sweep_page(out: Path) -> str:
+    summary = results.read_summary(out)
+    keys, lines = grid_rows(summary)
+    sections = [section("Across the grid", terminal_table(lambda console: render_grid(summary, console)))]
+    if any("gain" in line for *_, line in lines):
+        sections.append(section(f"Gain vs {keys[0]}", image(plots.sweep_gains(keys, lines), f"gain vs {keys[0]}")))
+    command = " ".join(["fedbridge sweep", summary["config"], *(f"--set '{s}'" for s in summary["overrides"]),
+                        *(f"--grid {k}={','.join(v)}" for k, v in summary["grid"]), f"--seeds {len(summary['seeds'])}"])
+    sections.append(section("What ran", f"<pre>{html.escape(command)}</pre>",
+                            f"Each cell and seed is a run directory under {out / 'runs'}; `fedbridge report` draws any of them."))
+    return page(f"{summary['name']} sweep: {summary['dataset']}, {len(summary['seeds'])} seeds per cell", sections)
+
+
+def write_report(path: Path, output: Path | None = None, data_dir: Path | None = None) -> Path:
+    """Write the report of the run or sweep in `path`; returns where it went (default path/report.html)."""
+    from fedbridge.sweep import SPEC  # here: sweep imports this module's caller, not the other way round
+
+    path = Path(path)
+    text = sweep_page(path) if (path / SPEC).exists() else run_page(path, data_dir)
+    output = Path(output) if output else path / "report.html"
+    if not output.parent.is_dir():
+        raise FedbridgeError(f"cannot write {output}: folder {output.parent} does not exist; create it or choose another -o")
+    results.atomic_write(output, text)
+    return output

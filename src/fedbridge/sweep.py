@@ -1,0 +1,278 @@
+"""A sweep: one study per combination of grid values and seed, each an ordinary run directory made
+by its own `fedbridge run` process, then one summary with mean, std and a 95% CI per cell.
+
+Layout: SWEEP_DIR/sweep.json (what was asked), runs/<cell>/seed<S>/ (one run each), logs/,
+summary.json and report.html. A run whose summary.json exists is finished and never touched
+again; one with a config.toml but no summary was interrupted and is resumed from its checkpoint.
+So starting the same sweep again after Ctrl-C or kill -9 runs only what is missing.
+"""
+
+import ctypes
+import hashlib
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from fedbridge import results
+from fedbridge.errors import ConfigError, FedbridgeError
+from fedbridge.experiment import Experiment, load_experiment
+from fedbridge.progress import progress_bar, say
+
+SPEC, RUNS, LOGS = "sweep.json", "runs", "logs"
+
+
+@dataclass(frozen=True)
+class Cell:
+    values: tuple[tuple[str, str], ...]  # (key, value as typed), in grid order
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"{k}={v}" for k, v in self.values]
+
+    @property
+    def name(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._=,+-]", "_", ",".join(self.overrides))
+
+
+@dataclass(frozen=True)
+class Sweep:
+    config: Path
+    overrides: tuple[str, ...]
+    grid: tuple[tuple[str, tuple[str, ...]], ...]
+    seeds: tuple[int, ...]
+    exps: tuple[Experiment, ...]  # one per cell: a grid may vary the strategy or the baselines too
+
+    @property
+    def cells(self) -> list[Cell]:
+        return grid_cells(self.grid)
+
+    def spec(self) -> dict:
+        return {
+            "config": str(self.config),
+            "config_sha256": hashlib.sha256(self.config.read_bytes()).hexdigest(),
+            "overrides": list(self.overrides),
+            "grid": [[k, list(v)] for k, v in self.grid],
+            "seeds": list(self.seeds),
+        }
+
+
+def grid_cells(grid: tuple[tuple[str, tuple[str, ...]], ...]) -> list[Cell]:
+    keys = [k for k, _ in grid]
+    return [Cell(tuple(zip(keys, combo))) for combo in itertools.product(*(v for _, v in grid))]
+
+
+def split_values(text: str) -> list[str]:
+    """'0,0.2,[1,2]' -> ['0', '0.2', '[1,2]']: commas inside brackets or quotes belong to a value."""
+    values, depth, quote, current = [], 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+            continue
+        current += ch
+    values.append(current.strip())
+    return values
+
+
+def parse_grid(text: str) -> tuple[str, tuple[str, ...]]:
+    key, sep, raw = text.partition("=")
+    values = split_values(raw) if sep else []
+    if not key.strip() or not values or any(not v for v in values):
+        raise ConfigError(f"--grid {text!r}: write it as KEY=V1,V2,..., e.g. --grid clients.1.profile.sigma=0,0.2,0.5")
+    if len(set(values)) < len(values):
+        raise ConfigError(f"--grid {text!r}: a value is listed twice; each cell is run once")
+    return key.strip(), tuple(values)
+
+
+def plan(config: Path, overrides: list[str], grid: list[str], n_seeds: int) -> Sweep:
+    """The sweep, with every cell's config validated before anything runs."""
+    if not grid:
+        raise ConfigError("give at least one --grid KEY=V1,V2,...; to run one config, use `fedbridge run`")
+    parsed = tuple(parse_grid(g) for g in grid)
+    keys = [k for k, _ in parsed]
+    if len(set(keys)) < len(keys):
+        raise ConfigError(f"--grid: the key {next(k for k in keys if keys.count(k) > 1)} is given twice; list all its values in one --grid")
+    cells = grid_cells(parsed)
+    exps = [load_experiment(config, [*overrides, *cell.overrides])[0] for cell in cells]
+    names = [c.name for c in cells]
+    if len(set(names)) < len(names):
+        raise ConfigError("--grid: two cells get the same folder name; use values that differ in letters or digits")
+    seeds = tuple(exps[0].seed + i for i in range(n_seeds))
+    return Sweep(Path(config), tuple(overrides), parsed, seeds, tuple(exps))
+
+
+def default_dir(sweep: Sweep) -> Path:
+    """The same command gives the same folder, so running it again continues the sweep."""
+    digest = hashlib.sha256(json.dumps(sweep.spec(), sort_keys=True).encode()).hexdigest()[:8]
+    return Path("sweeps") / f"{sweep.exps[0].name}-{digest}"
+
+
+def open_sweep_dir(out: Path, sweep: Sweep) -> None:
+    spec_path = out / SPEC
+    if spec_path.exists():
+        try:
+            existing = json.loads(spec_path.read_text())
+        except json.JSONDecodeError:
+            raise FedbridgeError(f"{spec_path} is not readable JSON; it was damaged, choose another --out") from None
+        if existing != sweep.spec():
+            raise FedbridgeError(
+                f"{out} holds a different sweep (its {SPEC} differs in config, --set, --grid or --seeds); "
+                "nothing was changed in it. Run that sweep's command to continue it, or choose another --out."
+            )
+        return
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FedbridgeError(f"{out} exists and is not a sweep directory; nothing was changed in it. Choose another --out.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FedbridgeError(f"cannot create sweep directory {out}: {e.strerror}; choose another --out") from None
+    results.atomic_write(spec_path, json.dumps(sweep.spec(), indent=1))
+
+
+def run_dir(out: Path, cell: Cell, seed: int) -> Path:
+    return out / RUNS / cell.name / f"seed{seed}"
+
+
+def _die_with_parent() -> None:
+    """In the child: when the sweep is killed (even with kill -9), its runs stop too, so a restarted
+    sweep never races a leftover process for the same run directory. Linux only; elsewhere a no-op."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def command(sweep: Sweep, out: Path, cell: Cell, seed: int, data_dir: Path | None) -> list[str]:
+    target = run_dir(out, cell, seed)
+    base = [sys.executable, "-m", "fedbridge.cli", "run", "--quiet"]
+    base += ["--data-dir", str(data_dir)] if data_dir else []
+    if (target / results.CONFIG).exists():
+        return [*base, "--resume", str(target)]
+    if target.exists() and not any(p.is_file() for p in target.rglob("*")):
+        # killed before its config was written: it holds only an empty weights/ folder
+        shutil.rmtree(target)
+    sets = [*sweep.overrides, *cell.overrides, f"seed={seed}", "seeds=1"]
+    return [*base, str(sweep.config), *(a for s in sets for a in ("--set", s)), "--out", str(target)]
+
+
+def run_all(
+    sweep: Sweep, out: Path, jobs: int, data_dir: Path | None, console: Console, quiet: bool = False
+) -> None:
+    """Run every (cell, seed) that has no summary yet, `jobs` processes at a time."""
+    todo = [(c, s) for c in sweep.cells for s in sweep.seeds if not (run_dir(out, c, s) / results.SUMMARY).exists()]
+    total = len(sweep.cells) * len(sweep.seeds)
+    (out / LOGS).mkdir(exist_ok=True)
+    # the cores are shared out between the runs instead of every run grabbing all of them
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    failed: list[str] = []
+
+    def one(cell: Cell, seed: int) -> tuple[int, float]:
+        log = out / LOGS / f"{cell.name}-seed{seed}.log"
+        start = time.perf_counter()
+        with open(log, "a") as f:
+            code = subprocess.call(command(sweep, out, cell, seed, data_dir), stdout=f, stderr=subprocess.STDOUT,
+                                   env=env, preexec_fn=_die_with_parent)
+        return code, time.perf_counter() - start
+
+    with progress_bar(console, "runs", quiet) as progress:
+        task = progress.add_task(sweep.exps[0].name, total=total, completed=total - len(todo), status="")
+        if len(todo) < total:
+            rest = f"running the other {len(todo)}" if todo else "nothing to run"
+            say(progress, quiet, f"{total - len(todo)} of {total} runs finished already; {rest}")
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        try:
+            futures = {pool.submit(one, c, s): (c, s) for c, s in todo}
+            for future in as_completed(futures):
+                cell, seed = futures[future]
+                code, seconds = future.result()
+                label = f"{', '.join(cell.overrides)} · seed {seed}"
+                if code in (130, -signal.SIGINT):
+                    raise KeyboardInterrupt
+                if code != 0:
+                    log = out / LOGS / f"{cell.name}-seed{seed}.log"
+                    failed.append(f"  {label}: exit {code}; see {log}: {_last_line(log)}")
+                    status = f"[red]failed[/red] {label} (exit {code})"
+                    say(progress, quiet, status)
+                else:
+                    own = _own_accuracy(run_dir(out, cell, seed))
+                    status = f"{own[-1]} ({label})"
+                    say(progress, quiet, f"done {label} in {seconds:.0f} s · own test %: {', '.join(own)}")
+                progress.update(task, advance=1, status=status)
+        finally:
+            # on Ctrl-C the running children stop with it; the queued ones must not start
+            pool.shutdown(cancel_futures=True)
+    if failed:
+        raise FedbridgeError(
+            f"{len(failed)} of {total} runs failed; the others are kept, and running the same sweep again "
+            "retries only the failed and missing ones:\n" + "\n".join(failed)
+        )
+
+
+def _own_accuracy(run: Path) -> list[str]:
+    """['local 86.2 / 94.7', 'fedavg 84.3 / 97.2']: each method's final own-test accuracy per client,
+    the strategy last."""
+    summary = results.read_summary(run)
+    own = sorted((r for r in summary["table"] if r["test_set"] == "own"), key=lambda r: r["client"])
+    methods = [m for m in summary["methods"] if m != summary["strategy"]] + [summary["strategy"]]
+    return [f"{m} " + " / ".join(f"{100 * r['accuracy_mean']:.1f}" for r in own if r["method"] == m) for m in methods]
+
+
+def _last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+def summarize_sweep(out: Path, sweep: Sweep) -> dict:
+    """Per cell and client: local-only and federated own-test accuracy and their paired gain,
+    each with mean, sample std and a Student-t 95% CI over seeds."""
+    rows, dataset, source = [], None, None
+    for cell, exp in zip(sweep.cells, sweep.exps):
+        final: list[dict] = []
+        for seed in sweep.seeds:
+            summary = results.read_summary(run_dir(out, cell, seed))
+            dataset, source = summary["dataset"], summary["data_source"]
+            final += [r for r in results.read_metrics(run_dir(out, cell, seed)) if r["round"] == summary["rounds"]]
+        own = [r for r in final if r["test_set"] == "own"]
+        profiles = {r["client"]: r["profile"] for r in own}
+
+        def accuracies(method: str) -> dict[int, list[float]]:
+            return {c: [r["accuracy"] for r in own if r["client"] == c and r["method"] == method] for c in profiles}
+
+        quantities = {"federated": accuracies(exp.strategy.name)}
+        if "local" in exp.methods:
+            quantities |= {"local": accuracies("local"), "gain": results.paired_gains(final, exp.strategy.name)}
+        for quantity, by_client in quantities.items():
+            for client, values in sorted(by_client.items()):
+                mean, std = results.mean_std(values)
+                ci = results.confidence_interval(values)
+                rows.append({
+                    "cell": dict(cell.values), "client": client, "profile": profiles[client],
+                    "strategy": exp.strategy.name, "quantity": quantity, "mean": mean, "std": std,
+                    "ci_low": ci and ci[0], "ci_high": ci and ci[1], "n_seeds": len(values),
+                })
+    summary = {
+        "name": sweep.exps[0].name, "config": str(sweep.config), "overrides": list(sweep.overrides),
+        "grid": [[k, list(v)] for k, v in sweep.grid], "seeds": list(sweep.seeds),
+        "rounds": sweep.exps[0].train.rounds, "dataset": dataset, "data_source": source, "table": rows,
+    }
+    results.write_summary(out, summary)
+    return summary

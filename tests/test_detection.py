@@ -1,0 +1,31 @@
+import math
+
+import torch
+
+from fedbridge import detection
+from fedbridge.local import LocalResult
+
+
+def test_roc_auc_of_a_perfect_and_a_useless_score():
+    noisy = [False, False, True, True]
+    assert detection.roc_auc(torch.tensor([0.1, 0.2, 0.8, 0.9]), noisy) == 1.0
+    assert detection.roc_auc(torch.tensor([0.2, 0.8, 0.2, 0.8]), noisy) == 0.5
+
+
+def test_roc_auc_skips_unsampled_clients_and_needs_both_kinds():
+    noisy = [False, True, True]
+    assert detection.roc_auc(torch.tensor([0.1, math.nan, 0.5]), noisy) == 1.0
+    assert detection.roc_auc(torch.tensor([math.nan, 0.3, 0.5]), noisy) is None
+
+
+def test_reliable_from_is_the_round_after_which_auc_stays_high():
+    assert detection.reliable_from([0.5, 0.95, 0.8, 0.92, 0.95]) == 4
+    assert detection.reliable_from([0.95, 0.5]) is None
+
+
+def test_scores_flag_the_planted_outlier():
+    updates = {"w": torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.9, 0.0], [-3.0, 3.0]])}
+    result = LocalResult(updates, torch.ones(4), torch.tensor([0.3, 0.2, 0.3, 2.0]))
+    scores = detection.client_scores(updates, result)
+    for name in detection.SCORES:
+        assert scores[name].argmax().item() == 3, name

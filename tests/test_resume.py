@@ -1,0 +1,86 @@
+"""A run killed with SIGKILL mid-training and resumed ends exactly as one never interrupted;
+progress output stays plain off a terminal and silent with --quiet."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import CONFIGS, invoke as run
+from fedbridge import results
+from fedbridge.errors import FedbridgeError
+
+# slow enough (tens of ms a round) that the test can kill it between rounds, fast enough for CI
+SMALL = ["--set", "data.name=digits", "--set", "partition.sizes=[500,500]", "--set", "train.rounds=10",
+         "--set", "train.batch_size=16", "--set", 'baselines=["local"]']
+
+
+def fedavg_round(out) -> int:
+    rounds = [r["round"] for r in results.read_metrics(out) if r["method"] == "fedavg"]
+    return max(rounds, default=0)
+
+
+def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
+    reference = tmp_path / "reference"
+    assert run("run", CONFIGS / "seed.toml", *SMALL, "--out", reference, "--quiet").exit_code == 0
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedbridge.cli", "run", CONFIGS / "seed.toml", *SMALL, "--out", out, "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    # kill it in the middle of the second method, the first one finished
+    while fedavg_round(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run finished before the test could kill it"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "summary.json").exists() and (out / "checkpoint.pt").exists()
+    assert 2 <= fedavg_round(out) < 10
+    with open(out / "metrics.jsonl", "a") as f:  # as if the kill had cut a line in half
+        f.write('{"seed": 0, "method": "fedavg", "rou')
+
+    resumed = run("run", "--resume", out)
+    assert resumed.exit_code == 0, resumed.output
+    assert "fedavg" in resumed.output and "local " not in resumed.output  # a finished method is not redone
+
+    assert results.read_metrics(out) == results.read_metrics(reference)
+    for path in sorted((reference / "weights").iterdir()):
+        mine, theirs = torch.load(out / "weights" / path.name), torch.load(path)
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), path.name
+    assert json.loads((out / "summary.json").read_text())["table"] == json.loads((reference / "summary.json").read_text())["table"]
+    assert not (out / "checkpoint.pt").exists()
+    again = run("run", "--resume", out)
+    assert again.exit_code == 0 and "finished already" in again.output
+
+
+def test_a_line_cut_by_a_crash_is_dropped_and_a_damaged_one_named(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n{"round": 2}\n{"rou')
+    assert results.read_metrics(tmp_path) == [{"round": 1}, {"round": 2}]
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n{"rou\n{"round": 3}\n')
+    with pytest.raises(FedbridgeError, match="line 2"):
+        results.read_metrics(tmp_path)
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path):
+    result = run("run", CONFIGS / "seed.toml", "--resume", tmp_path)
+    assert result.exit_code == 2 and "drop CONFIG" in result.output
+    result = run("run", "--resume", tmp_path)
+    assert result.exit_code == 1 and "not a run directory" in result.output
+    result = run("run")
+    assert result.exit_code == 2 and "--resume RUN_DIR" in result.output
+
+
+def test_progress_is_plain_off_a_terminal_and_silent_when_quiet(tmp_path):
+    tiny = ["--set", "data.name=digits", "--set", "partition.sizes=[300,300]", "--set", "train.rounds=2"]
+    loud = run("run", CONFIGS / "seed.toml", *tiny, "--out", tmp_path / "a")
+    assert loud.exit_code == 0 and "\x1b[" not in loud.output
+    assert "seed 0 · fedavg" in loud.output
+    quiet = run("run", CONFIGS / "seed.toml", *tiny, "--out", tmp_path / "b", "--quiet")
+    assert quiet.exit_code == 0 and quiet.output.strip() == f"run directory: {tmp_path / 'b'}"
