@@ -146,8 +146,9 @@ def table(paths: list[Path]) -> str:
                 g = [statistics.fmean(r["own"][c] - local[r["seed"]]["own"][c] for c in clients)
                      for r in runs if local[r["seed"]]]
                 gains.append("–" if m == "local" else _pm(g))
+            label = m if len(runs) == len(seeds) else f"{m} (seed {', '.join(str(r['seed']) for r in runs)} only)"
             out.append(
-                f"| {m} | {_pm([r['clean'] for r in runs])} | {_pm([statistics.fmean(r['own'].values()) for r in runs])} "
+                f"| {label} | {_pm([r['clean'] for r in runs])} | {_pm([statistics.fmean(r['own'].values()) for r in runs])} "
                 f"| {_pm([min(r['own'].values()) for r in runs])} | " + " | ".join(gains) + " |"
             )
     out.append("\n**Noisy-client detection under FedAvg** (ROC-AUC of each score against the true profiles, mean over seeds)\n")
