@@ -38,6 +38,16 @@ def main() -> None:
     """Federated learning across clients whose data differ in quality."""
 
 
+def _experiment(config: Path, overrides: tuple[str, ...], seeds: int | None, out: Path | None, tag: str):
+    """The validated experiment (--seeds is one more override) and its run directory."""
+    from fedbridge.experiment import load_experiment
+
+    if seeds is not None:
+        overrides = (*overrides, f"seeds={seeds}")
+    exp, _ = load_experiment(config, list(overrides))
+    return exp, out or Path("runs") / f"{exp.name}{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path), required=False)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.rounds=5.")
@@ -53,7 +63,6 @@ def run(
     resume: Path | None, quiet: bool,
 ) -> None:
     """Run the study in CONFIG and print the per-client table."""
-    from fedbridge.experiment import load_experiment
     from fedbridge.report.table import render
     from fedbridge.results import SUMMARY, read_summary
     from fedbridge.study import load_run_experiment, run_study
@@ -65,10 +74,7 @@ def run(
     elif config is None:
         raise ConfigError("give a CONFIG file to run (see configs/), or --resume RUN_DIR to continue an interrupted run")
     else:
-        if seeds is not None:
-            overrides = (*overrides, f"seeds={seeds}")
-        exp, _ = load_experiment(config, list(overrides))
-        out = out or Path("runs") / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        exp, out = _experiment(config, overrides, seeds, out, "")
     if resume is not None and (resume / SUMMARY).exists():
         stderr.print(f"{resume} finished already; nothing to resume")
         summary = read_summary(resume)
@@ -101,17 +107,13 @@ def deploy(
     data_dir: Path | None, round_timeout: float, min_nodes: int,
 ) -> None:
     """Run the study in CONFIG on Flower: a SuperLink and a SuperNode per client on this machine."""
-    from fedbridge.experiment import load_experiment
     from fedbridge.report.table import render
 
     try:
         from fedbridge.engines.flower.deploy import Faults, deploy_study
     except ImportError as e:
         raise FedbridgeError(f"deploy needs Flower ({e}); install it with: pip install -e '.[flower]'") from None
-    if seeds is not None:
-        overrides = (*overrides, f"seeds={seeds}")
-    exp, _ = load_experiment(config, list(overrides))
-    out = out or Path("runs") / f"{exp.name}-deploy-{time.strftime('%Y%m%d-%H%M%S')}"
+    exp, out = _experiment(config, overrides, seeds, out, "-deploy")
     faults = Faults(round_timeout=round_timeout, min_nodes=min_nodes)
     summary = deploy_study(exp, out, data_dir, stderr, nodes or exp.n_clients, tls, faults)
     render(summary, stdout)
