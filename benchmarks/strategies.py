@@ -38,6 +38,8 @@ METHODS = {
     "fedavg": {"name": "fedavg"},
     "fedavgm": {"name": "fedavgm", "server_lr": 0.1, "momentum": 0.9},
     "fedadam": {"name": "fedadam", "server_lr": 0.01},
+    "fedyogi": {"name": "fedyogi", "server_lr": 0.01},
+    "fedadagrad": {"name": "fedadagrad", "server_lr": 0.01},
     "fedprox": {"name": "fedprox", "mu": 0.01},
     "scaffold": {"name": "scaffold"},
     "fednova": {"name": "fednova"},

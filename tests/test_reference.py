@@ -18,7 +18,9 @@ RECIPES = {
 }
 # float32 tolerance (max abs) after 2 rounds. The CNN trains one client at a time through the same
 # oneDNN convolutions as the loop, so only the optimizer's arithmetic order differs; measured
-# max differences were ~1e-7 for every model, so 1e-5 holds for all three.
+# max differences were ~3e-8 for every model with SGD and up to 3.5e-6 with Adam (torch's fused Adam
+# kernel in the engine, AMD EPYC),
+# so 1e-5 holds for all three.
 TOLERANCE = {"mlp": 1e-5, "2nn": 1e-5, "cnn": 1e-5}
 
 
@@ -60,8 +62,12 @@ def test_clients_in_chunks_equal_clients_all_at_once(optimizer, monkeypatch):
     whole = fedavg_rounds(local_update, "2nn", RECIPES[optimizer], rounds=1)
     monkeypatch.setattr(local, "MEMORY_BUDGET", 1)  # one client per chunk
     chunked = fedavg_rounds(local_update, "2nn", RECIPES[optimizer], rounds=1)
+    # a chunk of 1 and one of 3 take different batched-matmul kernels, so the gradients differ in
+    # the last float bit; Adam divides each gradient by its own magnitude, which lifts that noise to
+    # 1.7e-6 where a gradient is near 0 (measured on AMD EPYC; 2e-8 with SGD)
+    tolerance = 1e-5 if optimizer == "adam" else 1e-6
     for n in whole:
-        assert torch.allclose(whole[n], chunked[n], atol=1e-6), n
+        assert (whole[n] - chunked[n]).abs().max() <= tolerance, n
 
 
 def test_memory_budget_sets_the_chunk():

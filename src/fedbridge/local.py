@@ -77,20 +77,17 @@ def batch_schedule(
     Each epoch is a fresh permutation cut into batches of B, the last one partial (as a
     DataLoader without drop_last). Padding slots have weight 0; S is the longest client's steps.
     """
-    per_client = []
-    for n, gen in zip(sizes, generators):
-        batches = []
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=gen)
-            batches.extend(order.split(batch_size))
-        per_client.append(batches)
-    steps = max(len(b) for b in per_client)
-    positions = torch.zeros(steps, len(sizes), batch_size, dtype=torch.long)
-    weights = torch.zeros(steps, len(sizes), batch_size)
-    for k, batches in enumerate(per_client):
-        for s, batch in enumerate(batches):
-            positions[s, k, : len(batch)] = batch
-            weights[s, k, : len(batch)] = 1.0
+    steps = [epochs * -(-n // batch_size) for n in sizes]
+    positions = torch.zeros(max(steps), len(sizes), batch_size, dtype=torch.long)
+    weights = torch.zeros(max(steps), len(sizes), batch_size)
+    for k, (n, gen) in enumerate(zip(sizes, generators)):
+        # each epoch's permutation padded with -1 to whole batches: one tensor op per client, not per batch
+        padded = torch.full((epochs, steps[k] // epochs * batch_size), -1, dtype=torch.long)
+        for e in range(epochs):
+            padded[e, :n] = torch.randperm(n, generator=gen)
+        padded = padded.view(steps[k], batch_size)
+        positions[: steps[k], k] = padded.clamp_min(0)
+        weights[: steps[k], k] = (padded >= 0).float()
     return positions, weights
 
 
@@ -181,7 +178,7 @@ def _train_chunk(
     counts = weights.sum(2)  # [S, K] real samples per client and step
     # each client's loss is the mean over its own real samples, so its gradient is its own
     sample_weights = weights / counts.clamp_min(1).unsqueeze(2)
-    # one padded row table so a step gathers every client's batch with a single index
+    # one padded row table, so every client's batches are gathered with a single index
     table = torch.zeros(len(client_rows), max(sizes), dtype=torch.long)
     for k, rows in enumerate(client_rows):
         table[k, : len(rows)] = rows
@@ -192,14 +189,20 @@ def _train_chunk(
     # weights give it exactly zero gradients there, so it needs no mask
     fused_lr = recipe.lr if layers and recipe.optimizer == "sgd" and not recipe.momentum and adjust is None else None
     state = optim.init_state(params, recipe.optimizer)
-    client_axis = torch.arange(len(client_rows)).unsqueeze(1)
     loss_sum = torch.zeros(len(client_rows))
-    for s in range(positions.shape[0]):
-        rows = table[client_axis, positions[s]]
-        x, y = images[rows], labels[rows]
+    # MLPs gather flat rows with index_select: several times faster than advanced indexing of [N, C, H, W]
+    flat = images.view(len(images), -1) if layers else None
+    batch = torch.empty(0)
+    # every step's rows into images [S, K, B] and their labels, gathered once
+    n_steps, k, b = positions.shape
+    steps_rows = table.gather(1, positions.transpose(0, 1).reshape(k, -1)).view(k, n_steps, b).transpose(0, 1).contiguous()
+    steps_labels = labels[steps_rows]
+    for s, (rows, y) in enumerate(zip(steps_rows, steps_labels)):
         if layers is None:
-            loss, grads = _autograd_step(model, params, x, y, sample_weights[s])
+            loss, grads = _autograd_step(model, params, images[rows], y, sample_weights[s])
         else:
+            # into one reused buffer: a fresh allocation of this size is a fresh mmap, page faults included
+            x = torch.index_select(flat, 0, rows.view(-1), out=batch).view(*rows.shape, -1)
             acts = kernels.forward(params, layers, x)
             loss, grad_logits = kernels.cross_entropy(acts.pop(), y, sample_weights[s])
             grads = kernels.backward(params, layers, acts, grad_logits, sgd_lr=fused_lr)
