@@ -100,7 +100,7 @@ def run(args) -> None:
                         "rounds": args.rounds, "seconds": time.perf_counter() - start,
                         "own": {c.index + 1: None for c in federation.clients},
                         "profiles": {c.index + 1: c.profile for c in federation.clients},
-                        "auc": {s: [detection.roc_auc(row, noisy) for row in h] for s, h in history.items()},
+                        "auc": detection.auc_by_round(history, noisy),
                     }
                     clean = []
                     for rec in final["records"]:
@@ -162,12 +162,10 @@ def table(paths: list[Path]) -> str:
             curves = [r["auc"][score] for r in runs if score in r["auc"]]
             if not curves:
                 continue
-            mean_curve = [statistics.fmean(x for x in v if x is not None) if any(x is not None for x in v) else None
-                          for v in zip(*curves)]
-            reliable = detection.reliable_from(mean_curve)
-            shown = ["–" if a is None else f"{a:.2f}" for a in (mean_curve[0], mean_curve[-1])]
+            found = detection.summary(curves)
+            shown = ["–" if a is None else f"{a:.2f}" for a in (found["first"], found["last"])]
             out.append(f"| {dataset}, {partition} | {score} | {shown[0]} | {shown[1]} | "
-                       f"{reliable if reliable else 'never'} |")
+                       f"{found['reliable_from'] or 'never'} |")
     return "\n".join(out)
 
 

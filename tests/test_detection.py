@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from fedbridge import detection
@@ -29,3 +30,9 @@ def test_scores_flag_the_planted_outlier():
     scores = detection.client_scores(updates, result)
     for name in detection.SCORES:
         assert scores[name].argmax().item() == 3, name
+
+
+def test_summary_averages_seeds_per_round_and_skips_rounds_a_seed_could_not_score():
+    found = detection.summary([[0.5, 1.0, 0.9], [0.7, None, 1.0]])
+    assert found["auc_by_round"] == pytest.approx([0.6, 1.0, 0.95])
+    assert (found["first"], found["last"], found["reliable_from"]) == (pytest.approx(0.6), pytest.approx(0.95), 2)

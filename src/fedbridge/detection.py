@@ -7,9 +7,12 @@ Scores:
 - disagreement: 1 - cosine similarity of its update with the coordinate-wise median update.
 `observed(strategy)` records them in ServerState.extra["detection"] ({score: [rounds, clients]},
 NaN where a client was not sampled), so they are checkpointed with the state and read in on_round.
+`summary` turns a run's curves into what a person reads: ROC-AUC at round 1 and at the end, and the
+round from which it stays reliable.
 """
 
 import math
+import statistics
 from dataclasses import replace
 
 import torch
@@ -72,3 +75,16 @@ def reliable_from(aucs: list[float | None], threshold: float = 0.9) -> int | Non
         elif start is None:
             start = r
     return start
+
+
+def auc_by_round(history: dict[str, torch.Tensor], noisy: list[bool]) -> dict[str, list[float | None]]:
+    """Each score's ROC-AUC per round, from a state's detection history."""
+    return {name: [roc_auc(row, noisy) for row in rows] for name, rows in history.items()}
+
+
+def summary(curves: list[list[float | None]]) -> dict:
+    """Several seeds' AUC curves of one score: their mean per round, its first and last value, and
+    the round from which it stays reliable."""
+    mean = [statistics.fmean(x for x in v if x is not None) if any(x is not None for x in v) else None
+            for v in zip(*curves)]
+    return {"auc_by_round": mean, "first": mean[0], "last": mean[-1], "reliable_from": reliable_from(mean)}

@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 
 import fedbridge
-from fedbridge import results
+from fedbridge import detection, results
 from fedbridge.data.idx import Dataset, load_dataset
 from fedbridge.engines import simulation
 from fedbridge.errors import DataError, FedbridgeError
@@ -52,9 +52,15 @@ def resolved_config(exp: Experiment) -> dict:
 
 def summarize(
     exp: Experiment, dataset: Dataset, note: str | None, seeds: list[int], final: list[dict],
-    seconds: dict[str, list[float]],
+    seconds: dict[str, list[float]], curves: dict[str, dict[str, dict[str, list]]],
 ) -> dict:
-    """summary.json: what ran, on what, and the long-format table of the final round's metrics."""
+    """summary.json: what ran, on what, the long-format table of the final round's metrics and, for
+    each federated method, how well each noisy-client detection score found the noisy clients."""
+    by_method: dict[str, dict[str, list]] = {}
+    for per_method in curves.values():
+        for method, scores in per_method.items():
+            for score, curve in scores.items():
+                by_method.setdefault(method, {}).setdefault(score, []).append(curve)
     return {
         "name": exp.name,
         "dataset": dataset.name,
@@ -67,6 +73,7 @@ def summarize(
         "seconds_per_method": {m: results.mean_std(s)[0] for m, s in seconds.items() if s},
         "versions": {"fedbridge": fedbridge.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "table": results.table(final),
+        "detection": {m: {score: detection.summary(c) for score, c in scores.items()} for m, scores in by_method.items()},
     }
 
 
@@ -77,6 +84,8 @@ class Position:
     finished: set[tuple[int, str]] = field(default_factory=set)  # (seed, method) with saved weights
     current: tuple[int, str, int, ServerState] | None = None  # (seed, method, round, state) to continue
     seconds: dict[str, list[float]] = field(default_factory=dict)  # training time of finished pairs
+    # finished pairs' detection ROC-AUC per round: {seed: {method: {score: [auc per round]}}}
+    detection: dict[str, dict[str, dict[str, list]]] = field(default_factory=dict)
     elapsed: float = 0.0  # time already spent on `current`
     note: str | None = None
 
@@ -104,6 +113,7 @@ def restore(run: Path, exp: Experiment, seeds: list[int]) -> Position:
         position.note = checkpoint["note"]
         for method, spent in checkpoint["seconds"].items():
             position.seconds[method] = list(spent)
+        position.detection = checkpoint.get("detection", {})
         if pair in finished:  # it ended after this checkpoint, before the next pair's first one
             position.seconds[pair[1]].append(checkpoint["elapsed"])
         else:
@@ -140,7 +150,7 @@ def run_study(
         console.print(f"[yellow]note:[/yellow] {note}")
     rounds = exp.train.rounds
     final = [r for r in results.read_metrics(out) if r["round"] == rounds] if resume else []
-    seconds = position.seconds
+    seconds, curves = position.seconds, position.detection
     done_rounds = len(position.finished) * rounds + (position.current[2] if position.current else 0)
     with progress_bar(console, "rounds", quiet) as progress:
         task = progress.add_task(exp.name, total=len(seeds) * len(exp.methods) * rounds, completed=done_rounds, status="")
@@ -148,6 +158,7 @@ def run_study(
             if all((seed, m) in position.finished for m in exp.methods):
                 continue
             federation = build_federation(dataset, exp, seed)
+            noisy = [c.profile != "clean" for c in federation.clients]
             for method in exp.methods:
                 if (seed, method) in position.finished:
                     continue
@@ -163,9 +174,11 @@ def run_study(
                     results.append_metrics(out, records)
                     if r == rounds:
                         final.extend(records)
+                        if "detection" in state.extra and any(noisy) and not all(noisy):
+                            curves.setdefault(str(seed), {})[method] = detection.auc_by_round(state.extra["detection"], noisy)
                     results.save_checkpoint(out, {
                         "seed": seed, "method": method, "round": r, "params": state.params, "extra": state.extra,
-                        "seconds": seconds, "elapsed": time.perf_counter() - start, "note": note,
+                        "seconds": seconds, "detection": curves, "elapsed": time.perf_counter() - start, "note": note,
                     })
                     own = [x["accuracy"] for x in records if x["test_set"] == "own"]
                     progress.update(task, advance=r - last, status=(
@@ -181,7 +194,7 @@ def run_study(
                 say(progress, quiet,
                     f"seed {seed} · {method:<7} · {rounds} rounds in {seconds[method][-1]:.1f} s"
                     f" · clean test {100 * sum(clean) / len(clean):.1f}% (mean over clients)")
-    summary = summarize(exp, dataset, note, seeds, final, seconds)
+    summary = summarize(exp, dataset, note, seeds, final, seconds, curves)
     results.write_summary(out, summary)
     (out / results.CHECKPOINT).unlink(missing_ok=True)
     return summary

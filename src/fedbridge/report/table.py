@@ -72,5 +72,15 @@ def render(summary: dict, console: Console) -> None:
             if m != "local":
                 cross.add_row(title(m), *[_cell(rows, (t, m, "own")) for t in clients])
         console.print(cross)
+    if summary.get("detection"):
+        found = Table(title="noisy-client detection: ROC-AUC of each score against the configured profiles"
+                      + (" (mean over seeds)" if len(seeds) > 1 else ""))
+        for col in ("method", "score", "round 1", f"round {summary['rounds']}", "reliable (≥ 0.9 to the end) from round"):
+            found.add_column(col, justify="left" if col in ("method", "score") else "right")
+        auc = lambda a: "–" if a is None else f"{a:.2f}"  # noqa: E731
+        for m, scores in summary["detection"].items():
+            for score, d in scores.items():
+                found.add_row(title(m), score, auc(d["first"]), auc(d["last"]), str(d["reliable_from"] or "never"))
+        console.print(found)
     if summary.get("data_note"):
         console.print(f"[yellow]note:[/yellow] {summary['data_note']}")
