@@ -44,7 +44,7 @@ def cross_entropy(
     """Each client's weighted mean cross-entropy [K] and its gradient w.r.t. the logits [K, B, C].
 
     sample_weights [K, B] sum to 1 over a client's real samples (0 on padding), so the gradient is
-    (softmax - onehot) * weight, what autograd gives for the per-client mean loss.
+    (softmax - onehot) * weight, exactly what autograd gives for the per-client mean loss.
     """
     log_probs = logits.log_softmax(-1)
     target = labels.unsqueeze(-1)

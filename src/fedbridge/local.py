@@ -156,9 +156,10 @@ def clients_per_chunk(
     model_bytes = 4 * sum(p[0].numel() for p in params.values())
     # parameters, gradients and temporaries of that size, plus the optimizer's state
     copies = 3 + (2 if recipe.optimizer == "adam" else int(recipe.momentum > 0))
-    # activations and their gradients, a few times over; the batch schedule (index + weight)
+    # activations and their gradients, a few times over; the batch schedule (positions, rows and
+    # labels as int64, weights and sample weights as float32)
     activations = 4 * 4 * recipe.batch_size * _activation_floats(model, tuple(input_shape))
-    schedule = 12 * recipe.local_epochs * (math.ceil(max_size / recipe.batch_size) + 1) * recipe.batch_size
+    schedule = 32 * recipe.local_epochs * (math.ceil(max_size / recipe.batch_size) + 1) * recipe.batch_size
     return max(1, budget // (copies * model_bytes + activations + schedule + 8 * max_size))
 
 
@@ -190,18 +191,17 @@ def _train_chunk(
     fused_lr = recipe.lr if layers and recipe.optimizer == "sgd" and not recipe.momentum and adjust is None else None
     state = optim.init_state(params, recipe.optimizer)
     loss_sum = torch.zeros(len(client_rows))
-    # MLPs gather flat rows with index_select: several times faster than advanced indexing of [N, C, H, W]
-    flat = images.view(len(images), -1) if layers else None
-    batch = torch.empty(0)
     # every step's rows into images [S, K, B] and their labels, gathered once
     n_steps, k, b = positions.shape
     steps_rows = table.gather(1, positions.transpose(0, 1).reshape(k, -1)).view(k, n_steps, b).transpose(0, 1).contiguous()
     steps_labels = labels[steps_rows]
+    # MLP steps gather their flat rows with index_select into one reused buffer: several times faster
+    # than advanced indexing of [N, C, H, W], and a fresh allocation of this size is a fresh mmap
+    flat, batch = images.flatten(1), torch.empty(0)
     for s, (rows, y) in enumerate(zip(steps_rows, steps_labels)):
         if layers is None:
             loss, grads = _autograd_step(model, params, images[rows], y, sample_weights[s])
         else:
-            # into one reused buffer: a fresh allocation of this size is a fresh mmap, page faults included
             x = torch.index_select(flat, 0, rows.view(-1), out=batch).view(*rows.shape, -1)
             acts = kernels.forward(params, layers, x)
             loss, grad_logits = kernels.cross_entropy(acts.pop(), y, sample_weights[s])
