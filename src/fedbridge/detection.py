@@ -16,8 +16,6 @@ import statistics
 from dataclasses import replace
 
 import torch
-from sklearn.metrics import roc_auc_score
-
 from fedbridge.local import LocalResult
 from fedbridge.optim import Params
 from fedbridge.strategies.aggregate import difference, flat, norms
@@ -59,6 +57,9 @@ def observed(strategy: Strategy) -> Strategy:
 def roc_auc(scores: torch.Tensor, noisy: list[bool]) -> float | None:
     """ROC-AUC of one round's scores [n] (NaN = not sampled) against the true noisy flags;
     None when the sampled clients are all noisy or all clean."""
+    # here, not at the top: sklearn.metrics takes 1.7 s to import and every engine imports this module
+    from sklearn.metrics import roc_auc_score
+
     seen = ~torch.isnan(scores)
     truth = [f for f, s in zip(noisy, seen.tolist()) if s]
     if len(set(truth)) < 2:
