@@ -93,3 +93,27 @@ def test_hand_written_backward_equals_autograd():
     assert torch.allclose(loss, expected.detach(), atol=1e-6)
     for n, g in zip(leaves, torch.autograd.grad(expected.sum(), list(leaves.values()))):
         assert torch.allclose(grads[n], g, atol=1e-6), n
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "2nn"])
+def test_sgd_in_blocks_equals_sgd_step_by_step(model_name):
+    """7 steps: a full block of 4 and a short one of 3; client 2 runs out after 5 steps."""
+    model = build_model(model_name, (1, 4, 4), 3)
+    layers = kernels.linear_layers(model)
+    gen = torch.Generator().manual_seed(0)
+    params = {n: torch.stack([p, p * 0.5]) for n, p in init_params(model, gen).items()}
+    images, labels = torch.rand(20, 16, generator=gen), torch.randint(0, 3, (20,), generator=gen)
+    rows = torch.randint(0, 20, (7, 2, 3), generator=gen)
+    weights = torch.full((7, 2, 3), 1 / 3)
+    weights[5:, 1] = 0
+    blocked = {n: p.clone() for n, p in params.items()}
+    loss = kernels.sgd_steps(blocked, layers, images, rows, labels[rows], weights, lr=0.5)
+    expected_loss = torch.zeros(2)
+    for s in range(7):
+        acts = kernels.forward(params, layers, images[rows[s]])
+        step_loss, grad_logits = kernels.cross_entropy(acts.pop(), labels[rows[s]], weights[s])
+        kernels.backward(params, layers, acts, grad_logits, sgd_lr=0.5)
+        expected_loss += step_loss
+    assert torch.allclose(loss, expected_loss, atol=1e-6)
+    for n in params:
+        assert (blocked[n] - params[n]).abs().max() <= 1e-6, n

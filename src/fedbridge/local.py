@@ -156,9 +156,11 @@ def clients_per_chunk(
     model_bytes = 4 * sum(p[0].numel() for p in params.values())
     # parameters, gradients and temporaries of that size, plus the optimizer's state
     copies = 3 + (2 if recipe.optimizer == "adam" else int(recipe.momentum > 0))
-    # activations and their gradients, a few times over; the batch schedule (positions, rows and
-    # labels as int64, weights and sample weights as float32)
-    activations = 4 * 4 * recipe.batch_size * _activation_floats(model, tuple(input_shape))
+    # activations and their gradients, a few times over, plus a block of SGD steps' inputs
+    # (kernels.sgd_steps); the batch schedule (positions, rows and labels as int64, weights and
+    # sample weights as float32)
+    inputs = kernels.SGD_BLOCK * math.prod(input_shape)
+    activations = 4 * recipe.batch_size * (4 * _activation_floats(model, tuple(input_shape)) + inputs)
     schedule = 32 * recipe.local_epochs * (math.ceil(max_size / recipe.batch_size) + 1) * recipe.batch_size
     return max(1, budget // (copies * model_bytes + activations + schedule + 8 * max_size))
 
@@ -198,6 +200,10 @@ def _train_chunk(
     # MLP steps gather their flat rows with index_select into one reused buffer: several times faster
     # than advanced indexing of [N, C, H, W], and a fresh allocation of this size is a fresh mmap
     flat, batch = images.flatten(1), torch.empty(0)
+    if fused_lr is not None and len(layers) > 1:
+        loss_sum = kernels.sgd_steps(params, layers, flat, steps_rows, steps_labels, sample_weights, fused_lr)
+        steps = (counts > 0).sum(0).float()
+        return LocalResult(params, steps, loss_sum / steps)
     for s, (rows, y) in enumerate(zip(steps_rows, steps_labels)):
         if layers is None:
             loss, grads = _autograd_step(model, params, images[rows], y, sample_weights[s])
