@@ -6,7 +6,8 @@ gradient and one for the weight gradient. On the McMahan round (2 threads; issue
 measurements) this was 2.4-3x faster than vmap + autograd and 1.4-1.8x faster than autograd on the
 same bmm graph: autograd's bookkeeping costs as much as the matmuls on these small shapes. For plain SGD the weight gradient is never
 materialised: `baddbmm_` subtracts lr * dZ^T H straight from the weights, saving one write and one
-read of a tensor the size of all K models per step.
+read of a tensor the size of all K models per step, and `sgd_steps` updates the first layer once
+per block of steps (exactly; see there).
 """
 
 import torch
