@@ -191,35 +191,35 @@ def _train_chunk(
     # plain SGD without a gradient hook is fused into the backward pass; a finished client's zero
     # weights give it exactly zero gradients there, so it needs no mask
     fused_lr = recipe.lr if layers and recipe.optimizer == "sgd" and not recipe.momentum and adjust is None else None
-    state = optim.init_state(params, recipe.optimizer)
-    loss_sum = torch.zeros(len(client_rows))
     # every step's rows into images [S, K, B] and their labels, gathered once
     n_steps, k, b = positions.shape
     steps_rows = table.gather(1, positions.transpose(0, 1).reshape(k, -1)).view(k, n_steps, b).transpose(0, 1).contiguous()
     steps_labels = labels[steps_rows]
-    # MLP steps gather their flat rows with index_select into one reused buffer: several times faster
-    # than advanced indexing of [N, C, H, W], and a fresh allocation of this size is a fresh mmap
-    flat, batch = images.flatten(1), torch.empty(0)
+    flat = images.flatten(1)
     if fused_lr is not None and len(layers) > 1:
         loss_sum = kernels.sgd_steps(params, layers, flat, steps_rows, steps_labels, sample_weights, fused_lr)
-        steps = (counts > 0).sum(0).float()
-        return LocalResult(params, steps, loss_sum / steps)
-    for s, (rows, y) in enumerate(zip(steps_rows, steps_labels)):
-        if layers is None:
-            loss, grads = _autograd_step(model, params, images[rows], y, sample_weights[s])
-        else:
-            x = torch.index_select(flat, 0, rows.view(-1), out=batch).view(*rows.shape, -1)
-            acts = kernels.forward(params, layers, x)
-            loss, grad_logits = kernels.cross_entropy(acts.pop(), y, sample_weights[s])
-            grads = kernels.backward(params, layers, acts, grad_logits, sgd_lr=fused_lr)
-        loss_sum += loss
-        if fused_lr is None:
-            if adjust is not None:
-                grads = adjust(params, grads)
-            optim.step(
-                params, grads, state, counts[s] > 0,
-                optimizer=recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
-            )
+    else:
+        state = optim.init_state(params, recipe.optimizer)
+        loss_sum = torch.zeros(k)
+        # MLP steps gather their flat rows with index_select into one reused buffer: several times
+        # faster than advanced indexing of [N, C, H, W], and a fresh allocation this size is a fresh mmap
+        batch = torch.empty(0)
+        for s, (rows, y) in enumerate(zip(steps_rows, steps_labels)):
+            if layers is None:
+                loss, grads = _autograd_step(model, params, images[rows], y, sample_weights[s])
+            else:
+                x = torch.index_select(flat, 0, rows.view(-1), out=batch).view(*rows.shape, -1)
+                acts = kernels.forward(params, layers, x)
+                loss, grad_logits = kernels.cross_entropy(acts.pop(), y, sample_weights[s])
+                grads = kernels.backward(params, layers, acts, grad_logits, sgd_lr=fused_lr)
+            loss_sum += loss
+            if fused_lr is None:
+                if adjust is not None:
+                    grads = adjust(params, grads)
+                optim.step(
+                    params, grads, state, counts[s] > 0,
+                    optimizer=recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
+                )
     steps = (counts > 0).sum(0).float()
     return LocalResult(params, steps, loss_sum / steps)
 

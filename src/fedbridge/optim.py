@@ -57,8 +57,8 @@ def step(
     if optimizer == "adam" and everyone:
         # Every client is active, so all share one step count: torch's fused CPU Adam (the kernel
         # behind torch.optim.Adam(fused=True)) updates each tensor in one pass, where the op-by-op
-        # code below allocates temporaries and reads every tensor nine times (3x slower measured on
-        # the seed study's MLP).
+        # code below allocates temporaries and reads every tensor nine times (a step of the seed
+        # study's two MLP clients: 0.09 ms against 0.98 ms).
         names = list(params)
         torch._fused_adam_(
             [params[n] for n in names], [grads[n] for n in names],
