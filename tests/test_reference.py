@@ -17,10 +17,9 @@ RECIPES = {
     "adam": Recipe("adam", lr=0.01, batch_size=4, local_epochs=2),
 }
 # float32 tolerance (max abs) after 2 rounds. The CNN trains one client at a time through the same
-# oneDNN convolutions as the loop, so only the optimizer's arithmetic order differs; measured
-# max differences were ~3e-8 for every model with SGD and up to 3.5e-6 with Adam (torch's fused Adam
-# kernel in the engine, AMD EPYC),
-# so 1e-5 holds for all three.
+# oneDNN convolutions as the loop, so only the optimizer's arithmetic order differs; measured max
+# differences (AMD EPYC) were ~3e-8 for every model with SGD and up to 3.5e-6 with Adam (the engine
+# uses torch's fused Adam kernel, the loop torch.optim's single-tensor code), so 1e-5 holds for all.
 TOLERANCE = {"mlp": 1e-5, "2nn": 1e-5, "cnn": 1e-5}
 
 
