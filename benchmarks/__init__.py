@@ -1,1 +1,26 @@
 """Speed and accuracy benchmarks; not part of the test run (`python -m benchmarks.speed`, `python -m benchmarks.mcmahan`)."""
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from fedbridge.errors import FedbridgeError
+
+
+def entry(main: Callable[[], None]) -> None:
+    """Run a benchmark's main: fedbridge's own errors (data not found, say) as a message and exit code."""
+    try:
+        main()
+    except FedbridgeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+
+
+def results_file(path: Path) -> Path:
+    """`path` with its folder made, checked before a long run rather than after it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError as e:
+        raise FedbridgeError(f"cannot write the results file {path} ({e.strerror}); pass a writable path with --json") from None
+    return path

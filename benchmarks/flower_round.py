@@ -23,7 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
-from benchmarks import mcmahan_setup as setup
+from benchmarks import entry, mcmahan_setup as setup
 from fedbridge.engines.simulation import STREAM_BATCHES
 from fedbridge.local import Recipe, client_generator
 from fedbridge.reference import reference_update
@@ -112,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

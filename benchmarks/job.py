@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from benchmarks import mcmahan_setup as setup
+from benchmarks import entry, mcmahan_setup as setup
 from fedbridge.local import Recipe, local_update
 
 
@@ -44,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import mcmahan_setup as setup
+from benchmarks import entry, mcmahan_setup as setup, results_file
 from fedbridge.local import Recipe, local_update
 
 
@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--json", type=Path, default=Path("mcmahan.json"))
     args = parser.parse_args()
+    results_file(args.json)
     names = [s.strip() for s in args.only.split(",")]
     if unknown := set(names) - set(SETTINGS):
         parser.error(f"--only: unknown setting(s) {', '.join(sorted(unknown))}; choose from {', '.join(SETTINGS)}")
@@ -104,4 +105,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -37,7 +37,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from benchmarks import mcmahan_setup as setup
+from benchmarks import entry, mcmahan_setup as setup, results_file
+from fedbridge.errors import FedbridgeError
 from fedbridge.local import Recipe, local_update
 from fedbridge.reference import reference_update
 
@@ -131,7 +132,7 @@ def run_json(args: list[str], env: dict | None = None) -> tuple[dict, float]:
     done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})})
     wall = time.perf_counter() - began
     if done.returncode:
-        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
+        raise FedbridgeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1]), wall
 
 
@@ -266,6 +267,7 @@ def main() -> None:
     parser.add_argument("--no-flower", action="store_true")
     parser.add_argument("--json", type=Path, default=Path("speed.json"))
     args = parser.parse_args()
+    results_file(args.json)
     console = Console(width=max(Console().width, 140))
     sections = [s.strip() for s in args.only.split(",")]
     if unknown := set(sections) - set(SECTIONS):
@@ -302,4 +304,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import entry
 from fedbridge import detection
 from fedbridge.data.idx import load_dataset
 from fedbridge.engines import simulation
@@ -189,4 +190,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)
