@@ -1,5 +1,6 @@
 """Speed and accuracy benchmarks; not part of the test run (`python -m benchmarks.speed`, `python -m benchmarks.mcmahan`)."""
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +18,12 @@ def entry(main: Callable[[], None]) -> None:
 
 
 def results_file(path: Path) -> Path:
-    """`path` with its folder made, checked before a long run rather than after it."""
+    """`path` with its folder made and checked writable before a long run rather than after it;
+    the file itself is left alone until the results are written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
     except OSError as e:
         raise FedbridgeError(f"cannot write the results file {path} ({e.strerror}); pass a writable path with --json") from None
+    if path.is_dir() or not os.access(path if path.exists() else path.parent, os.W_OK):
+        raise FedbridgeError(f"cannot write the results file {path}; pass a writable path with --json")
     return path

@@ -23,7 +23,7 @@ def test_entry_prints_fedbridge_errors_and_exits_with_their_code(capsys):
 
 def test_results_file_makes_its_folder_and_keeps_what_is_there(tmp_path):
     made = results_file(tmp_path / "new" / "speed.json")
-    assert made.parent.is_dir()
+    assert made.parent.is_dir() and not made.exists()  # a run that fails later leaves no empty file
     kept = tmp_path / "old.json"
     kept.write_text("{}")
     results_file(kept)
@@ -35,3 +35,5 @@ def test_an_unwritable_results_file_is_refused_before_the_run(tmp_path):
     blocker.write_text("")
     with pytest.raises(FedbridgeError, match=r"cannot write the results file .*file/speed.json.*--json"):
         results_file(blocker / "speed.json")
+    with pytest.raises(FedbridgeError, match=r"cannot write the results file .*--json"):
+        results_file(tmp_path)  # a folder, not a file
