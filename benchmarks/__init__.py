@@ -22,8 +22,9 @@ def results_file(path: Path) -> Path:
     the file itself is left alone until the results are written."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        problem = "it is a folder" if path.is_dir() else None if os.access(path if path.exists() else path.parent, os.W_OK) else "not writable"
     except OSError as e:
-        raise FedbridgeError(f"cannot write the results file {path} ({e.strerror}); pass a writable path with --json") from None
-    if path.is_dir() or not os.access(path if path.exists() else path.parent, os.W_OK):
-        raise FedbridgeError(f"cannot write the results file {path}; pass a writable path with --json")
+        problem = e.strerror
+    if problem:
+        raise FedbridgeError(f"cannot write the results file {path} ({problem}); pass a writable path with --json")
     return path
