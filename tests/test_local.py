@@ -63,10 +63,14 @@ def test_evaluate_counts_correct_predictions():
     assert loss.shape == (1,)
 
 
-def test_linear_layers_finds_the_mlps_only():
-    assert kernels.linear_layers(build_model("mlp", (1, 4, 4), 3)) == ["1", "3"]
-    assert kernels.linear_layers(build_model("2nn", (1, 4, 4), 3)) == ["1", "3", "5"]
-    assert kernels.linear_layers(build_model("cnn", (1, 8, 8), 3)) is None
+def test_split_finds_the_mlp_head():
+    assert kernels.split(build_model("mlp", (1, 4, 4), 3)) == (None, ["1", "3"])
+    assert kernels.split(build_model("2nn", (1, 4, 4), 3)) == (None, ["1", "3", "5"])
+    cnn = build_model("cnn", (1, 8, 8), 3)
+    body, head = kernels.split(cnn)
+    assert head == ["7", "9"] and [type(m) for m in body] == [type(m) for m in list(cnn)[:6]]
+    conv_only = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Softmax(1))
+    assert kernels.split(conv_only) == (conv_only, [])  # no Linear tail: all of it goes through autograd
 
 
 def test_cross_entropy_of_uniform_logits_by_hand():
@@ -84,9 +88,9 @@ def test_hand_written_backward_equals_autograd():
     params = {n: torch.stack([p, p * 0.5]) for n, p in init_params(model, gen).items()}
     x, y = torch.rand(2, 5, 16, generator=gen), torch.randint(0, 3, (2, 5), generator=gen)
     weights = torch.tensor([[0.2] * 5, [0.5, 0.5, 0, 0, 0]])
-    acts = kernels.forward(params, kernels.linear_layers(model), x)
+    acts = kernels.forward(params, kernels.split(model)[1], x)
     loss, grad_logits = kernels.cross_entropy(acts.pop(), y, weights)
-    grads = kernels.backward(params, kernels.linear_layers(model), acts, grad_logits)
+    grads = kernels.backward(params, kernels.split(model)[1], acts, grad_logits)
     leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
     logits = stacked_forward(model, leaves, x)
     expected = (torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none") * weights).sum(1)
@@ -99,7 +103,7 @@ def test_hand_written_backward_equals_autograd():
 def test_sgd_in_blocks_equals_sgd_step_by_step(model_name):
     """7 steps: a full block of 4 and a short one of 3; client 2 runs out after 5 steps."""
     model = build_model(model_name, (1, 4, 4), 3)
-    layers = kernels.linear_layers(model)
+    layers = kernels.split(model)[1]
     gen = torch.Generator().manual_seed(0)
     params = {n: torch.stack([p, p * 0.5]) for n, p in init_params(model, gen).items()}
     images, labels = torch.rand(20, 16, generator=gen), torch.randint(0, 3, (20,), generator=gen)

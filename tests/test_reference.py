@@ -16,11 +16,15 @@ RECIPES = {
     "momentum": Recipe("sgd", lr=0.05, batch_size=4, local_epochs=2, momentum=0.9),
     "adam": Recipe("adam", lr=0.01, batch_size=4, local_epochs=2),
 }
-# float32 tolerance (max abs) after 2 rounds. The CNN trains one client at a time through the same
-# oneDNN convolutions as the loop, so only the optimizer's arithmetic order differs; measured max
-# differences (AMD EPYC) were ~3e-8 for every model with SGD and up to 3.5e-6 with Adam (the engine
-# uses torch's fused Adam kernel, the loop torch.optim's single-tensor code), so 1e-5 holds for all.
-TOLERANCE = {"mlp": 1e-5, "2nn": 1e-5, "cnn": 1e-5}
+# float32 tolerance (max abs) after 2 rounds, measured on AMD EPYC. Every model's head (its Linear
+# layers) goes through the engine's kernels (batched matmuls, hand-written cross-entropy) and the
+# loop's through autograd, so gradients agree to float32 rounding: with SGD and momentum the weights
+# differ by at most 3e-8. Adam divides each gradient by its own running RMS, which lifts rounding
+# to a visible size where a gradient nearly cancels over a batch: up to 4e-7 for the MLPs, and 9.8e-5
+# for the CNN, whose conv weights' gradients are sums of many such terms (1% of its lr, 0.01). That
+# it is rounding and not a different computation: in float64 the CNN agrees to 4e-13 (test below).
+TOLERANCE = 1e-5
+TOLERANCE_CNN_ADAM = 3e-4
 
 
 def _data():
@@ -53,7 +57,21 @@ def test_batched_engine_equals_reference_loop(model_name, optimizer):
     start = fedavg_rounds(local_update, model_name, RECIPES[optimizer], rounds=0)
     for n in batched:
         assert (batched[n] - start[n]).abs().max() > 1e-3, f"{n} did not train"
-        assert (batched[n] - loop[n]).abs().max() <= TOLERANCE[model_name], n
+        tolerance = TOLERANCE_CNN_ADAM if (model_name, optimizer) == ("cnn", "adam") else TOLERANCE
+        assert (batched[n] - loop[n]).abs().max() <= tolerance, n
+
+
+def test_cnn_with_adam_equals_reference_loop_in_float64():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # data, parameters and both optimizers' state
+    try:
+        batched = fedavg_rounds(local_update, "cnn", RECIPES["adam"])
+        loop = fedavg_rounds(reference_update, "cnn", RECIPES["adam"])
+    finally:
+        torch.set_default_dtype(before)
+    for n in batched:
+        assert batched[n].dtype == torch.float64
+        assert (batched[n] - loop[n]).abs().max() <= 1e-10, n
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])

@@ -5,8 +5,9 @@ forward/backward/optimizer step moves all of them. Each client keeps its own min
 (its own seeded generator); a client with fewer samples has a shorter epoch, and once its batches
 run out it is masked and no longer changes. K=1 is the same code.
 
-MLPs go through `kernels` (batched matmuls, hand-written backward); other models (the CNN) through
-autograd. Clients are trained in chunks sized from a memory budget, so a round of 1,000 clients
+Every model's head, its closing Linear layers, goes through `kernels` (batched matmuls, a
+hand-written backward with plain SGD fused into it); what comes before the head (the CNN's
+convolutions) goes through autograd, and an MLP has nothing before it. Clients are trained in chunks sized from a memory budget, so a round of 1,000 clients
 needs no more working memory than one of a few hundred.
 """
 
@@ -98,25 +99,18 @@ def stacked_forward(model: nn.Module, params: Params, x: torch.Tensor) -> torch.
     return vmap(lambda p, xb: functional_call(model, p, (xb,)))(params, x)
 
 
-def _autograd_step(
-    model: nn.Module, params: Params, x: torch.Tensor, y: torch.Tensor, sample_weights: torch.Tensor
-) -> tuple[torch.Tensor, Params]:
-    """Each client's loss [K] and gradients, for any model, through autograd.
+def _body_forward(body: nn.Module, params: Params, x: torch.Tensor) -> tuple[torch.Tensor, Params]:
+    """The body's output [K, B, ...] on inputs x [K, B, ...], with its autograd graph, and the
+    parameters it is differentiated by.
 
-    With one client, `model` must be `_bound(model, params)`: a plain module call, as a per-client
+    With one client, `body` must be `_bound(body, params)`: a plain module call, as a per-client
     loop makes, costs less than vmap or functional_call's parameter swapping at every step.
     """
     with torch.enable_grad():
         if x.shape[0] == 1:
-            leaves = dict(model.named_parameters())
-            logits = model(x[0]).unsqueeze(0)
-        else:
-            leaves = {n: p.detach().requires_grad_(True) for n, p in params.items()}
-            logits = stacked_forward(model, leaves, x)
-        per_sample = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-        loss = (per_sample.view_as(sample_weights) * sample_weights).sum(1)
-        grads = torch.autograd.grad(loss.sum(), [leaves[n] for n in params])
-    return loss.detach(), dict(zip(params, grads))
+            return body(x[0]).unsqueeze(0), dict(body.named_parameters())
+        leaves = {n: params[n].detach().requires_grad_(True) for n, _ in body.named_parameters()}
+        return stacked_forward(body, leaves, x), leaves
 
 
 def _bound(model: nn.Module, params: Params) -> nn.Module:
@@ -151,7 +145,7 @@ def clients_per_chunk(
     model: nn.Module, params: Params, input_shape: tuple[int, ...], recipe: Recipe, max_size: int, budget: int
 ) -> int:
     """How many clients train together within `budget` bytes of working memory."""
-    if kernels.linear_layers(model) is None:
+    if kernels.split(model)[0] is not None:
         return CONV_CLIENTS_PER_CHUNK
     model_bytes = 4 * sum(p[0].numel() for p in params.values())
     # parameters, gradients and temporaries of that size, plus the optimizer's state
@@ -185,18 +179,18 @@ def _train_chunk(
     table = torch.zeros(len(client_rows), max(sizes), dtype=torch.long)
     for k, rows in enumerate(client_rows):
         table[k, : len(rows)] = rows
-    layers = kernels.linear_layers(model)
-    if layers is None and len(client_rows) == 1:
-        model = _bound(model, params)
-    # plain SGD without a gradient hook is fused into the backward pass; a finished client's zero
-    # weights give it exactly zero gradients there, so it needs no mask
+    body, layers = kernels.split(model)
+    if body is not None and len(client_rows) == 1:
+        body = _bound(body, params)
+    # plain SGD without a gradient hook is fused into the head's backward pass; a finished client's
+    # zero weights give it exactly zero gradients there, so it needs no mask
     fused_lr = recipe.lr if layers and recipe.optimizer == "sgd" and not recipe.momentum and adjust is None else None
     # every step's rows into images [S, K, B] and their labels, gathered once
     n_steps, k, b = positions.shape
     steps_rows = table.gather(1, positions.transpose(0, 1).reshape(k, -1)).view(k, n_steps, b).transpose(0, 1).contiguous()
     steps_labels = labels[steps_rows]
     flat = images.flatten(1)
-    if fused_lr is not None and len(layers) > 1:
+    if fused_lr is not None and body is None and len(layers) > 1:
         loss_sum = kernels.sgd_steps(params, layers, flat, steps_rows, steps_labels, sample_weights, fused_lr)
     else:
         state = optim.init_state(params, recipe.optimizer)
@@ -205,19 +199,22 @@ def _train_chunk(
         # faster than advanced indexing of [N, C, H, W], and a fresh allocation this size is a fresh mmap
         batch = torch.empty(0)
         for s, (rows, y) in enumerate(zip(steps_rows, steps_labels)):
-            if layers is None:
-                loss, grads = _autograd_step(model, params, images[rows], y, sample_weights[s])
+            if body is None:
+                features = torch.index_select(flat, 0, rows.view(-1), out=batch).view(*rows.shape, -1)
             else:
-                x = torch.index_select(flat, 0, rows.view(-1), out=batch).view(*rows.shape, -1)
-                acts = kernels.forward(params, layers, x)
-                loss, grad_logits = kernels.cross_entropy(acts.pop(), y, sample_weights[s])
-                grads = kernels.backward(params, layers, acts, grad_logits, sgd_lr=fused_lr)
+                features, leaves = _body_forward(body, params, images[rows])
+            acts = kernels.forward(params, layers, features.detach())
+            loss, grad_logits = kernels.cross_entropy(acts.pop(), y, sample_weights[s])
+            grads = kernels.backward(params, layers, acts, grad_logits, sgd_lr=fused_lr, input_grad=body is not None)
+            if body is not None:
+                grad_features = grads.pop("input").view_as(features)
+                grads.update(zip(leaves, torch.autograd.grad(features, list(leaves.values()), grad_features)))
             loss_sum += loss
-            if fused_lr is None:
-                if adjust is not None:
-                    grads = adjust(params, grads)
+            if adjust is not None:
+                grads = adjust(params, grads)
+            if grads:  # the body's, or every parameter's when the head's step is not fused
                 optim.step(
-                    params, grads, state, counts[s] > 0,
+                    {n: params[n] for n in grads}, grads, state, counts[s] > 0,
                     optimizer=recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
                 )
     steps = (counts > 0).sum(0).float()
@@ -261,7 +258,7 @@ def local_update(
     # conv steps are long enough for workers to run free of the GIL; an MLP step is dozens of tiny
     # kernels, and two Python workers contending for the GIL measured 1.2-1.5x slower than one
     # stream of clients with every thread inside each kernel (quiet machine, 2 threads)
-    workers = 1 if kernels.linear_layers(model) else min(torch.get_num_threads(), k)
+    workers = 1 if kernels.split(model)[0] is None else min(torch.get_num_threads(), k)
     chunk = clients_per_chunk(
         model, params, tuple(images.shape[1:]), recipe, max(len(r) for r in client_rows), MEMORY_BUDGET // workers
     )
