@@ -15,7 +15,8 @@ Sections (all measured in this run, on this machine):
 
 Methods are interleaved within each trial, so a burst of load on a shared machine hits all of
 them; each figure is the median over trials of the trial's median s/round, with the spread
-(min-max of the trial medians). Flower (`pip install -e '.[flower]'`) is optional: without it
+(min-max of the trial medians). The job and the seed study run once per trial, and their wall
+times are reported the same way. Flower (`pip install -e '.[flower]'`) is optional: without it
 those columns say "skipped".
 """
 
@@ -182,12 +183,21 @@ def cnn_section(fed, trials: int, rounds: int, limit: float) -> dict:
             "gflops": flops / batched["median"] / 1e9, "fraction_of_limit": flops / batched["median"] / 1e9 / limit}
 
 
-def job_section(with_flower: bool, threads: int) -> dict:
-    out, wall = run_json([sys.executable, "-m", "benchmarks.job", "--model", "2nn", "--rounds", "15", "--threads", str(threads)])
-    result = {"fedbridge": {"job_s": wall, "test_accuracy": out["test_accuracy"], "first_round_s": out["round_seconds"][0]}}
+def job_section(with_flower: bool, threads: int, trials: int) -> dict:
+    """The 15-round job `trials` times, fedbridge's and Flower's alternated; wall times' median and spread."""
+    walls: dict[str, list[float]] = {"fedbridge": [], "flower": []}
+    accuracy, flower_runs = 0.0, []
+    for _ in range(trials):
+        out, wall = run_json([sys.executable, "-m", "benchmarks.job", "--model", "2nn", "--rounds", "15", "--threads", str(threads)])
+        walls["fedbridge"].append(wall)
+        accuracy = out["test_accuracy"]
+        if with_flower:
+            flower_runs.append(flower("2nn", 1, 15))
+            walls["flower"].append(flower_runs[-1]["job_s"])
+    result = {"fedbridge": {"job_s": spread(walls["fedbridge"]), "test_accuracy": accuracy}}
     if with_flower:
-        result["flower"] = flower("2nn", 1, 15)
-        result["flower_over_fedbridge"] = result["flower"]["job_s"] / wall
+        result["flower"] = {"job_s": spread(walls["flower"]), "first_round_s": spread([f["first_round_s"] for f in flower_runs])}
+        result["flower_over_fedbridge"] = result["flower"]["job_s"]["median"] / result["fedbridge"]["job_s"]["median"]
     else:
         result["flower"] = "skipped"
     return result
@@ -203,19 +213,22 @@ def scaling_section(clients: list[int], rounds: int, threads: int) -> list[dict]
     return rows
 
 
-def seed_section() -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        began = time.perf_counter()
-        done = subprocess.run([str(Path(sys.executable).parent / "fedbridge"), "run", "configs/seed.toml", "--out", f"{tmp}/run"],
-                              capture_output=True, text=True, cwd=ROOT)
-        wall = time.perf_counter() - began
-    if done.returncode:
-        return {"error": done.stderr[-2000:]}
-    return {"seconds": wall}
+def seed_section(trials: int) -> dict:
+    """`fedbridge run configs/seed.toml` end to end, `trials` times: wall times' median and spread."""
+    walls = []
+    for _ in range(trials):
+        with tempfile.TemporaryDirectory() as tmp:
+            began = time.perf_counter()
+            done = subprocess.run([str(Path(sys.executable).parent / "fedbridge"), "run", "configs/seed.toml", "--out", f"{tmp}/run"],
+                                  capture_output=True, text=True, cwd=ROOT)
+            walls.append(time.perf_counter() - began)
+        if done.returncode:
+            return {"error": done.stderr[-2000:]}
+    return {"seconds": spread(walls)}
 
 
-def fmt(s: dict) -> str:
-    return f"{s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
+def fmt(s: dict, digits: int = 3) -> str:
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
 
 def show(report: dict, console: Console) -> None:
@@ -241,8 +254,8 @@ def show(report: dict, console: Console) -> None:
     if "job" in report:
         j = report["job"]
         fl = j["flower"]
-        console.print(f"15-round 2NN job, process start to test accuracy: fedbridge {j['fedbridge']['job_s']:.1f} s; "
-                      + (f"Flower {fl['job_s']:.1f} s (first round {fl['first_round_s']:.1f} s): x{j['flower_over_fedbridge']:.1f}"
+        console.print(f"15-round 2NN job, process start to test accuracy, s: fedbridge {fmt(j['fedbridge']['job_s'], 1)}; "
+                      + (f"Flower {fmt(fl['job_s'], 1)} (first round {fmt(fl['first_round_s'], 1)}): x{j['flower_over_fedbridge']:.1f}"
                          if isinstance(fl, dict) else "Flower skipped"))
     if "scaling" in report:
         t = Table(title="Scaling (2NN, E=1, all clients every round)")
@@ -254,7 +267,7 @@ def show(report: dict, console: Console) -> None:
         console.print(t)
     if "seed" in report:
         s = report["seed"]
-        console.print("seed study end to end: " + (f"{s['seconds']:.1f} s" if "seconds" in s else f"failed: {s['error']}"))
+        console.print("seed study end to end, s: " + (fmt(s["seconds"], 1) if "seconds" in s else f"failed: {s['error']}"))
 
 
 def main() -> None:
@@ -292,11 +305,11 @@ def main() -> None:
     if "cnn" in sections:
         report["cnn"] = cnn_section(fed, trials, max(1, rounds // 5), limit)
     if "job" in sections:
-        report["job"] = job_section(with_flower, args.threads)
+        report["job"] = job_section(with_flower, args.threads, trials)
     if "scaling" in sections:
         report["scaling"] = scaling_section([10, 100] if args.quick else [10, 100, 1000], 2 if args.quick else 3, args.threads)
     if "seed" in sections:
-        report["seed"] = seed_section()
+        report["seed"] = seed_section(trials)
     report["machine"]["load_average_at_end"] = os.getloadavg()
     show(report, console)
     args.json.write_text(json.dumps(report, indent=2))
