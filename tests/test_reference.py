@@ -74,6 +74,51 @@ def test_cnn_with_adam_equals_reference_loop_in_float64():
         assert (batched[n] - loop[n]).abs().max() <= 1e-10, n
 
 
+class _ConvOnly(torch.nn.Module):
+    """A model with no Linear head for the kernels: all of it goes through autograd."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 10, 12)  # 12x12 images -> one logit per class
+
+    def forward(self, x):
+        return self.conv(x).flatten(1)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_model_without_linear_head_trains_through_autograd_alone(optimizer):
+    images, labels, rows = _data()
+    model = _ConvOnly()
+    params = {n: p.detach().unsqueeze(0).expand(len(SIZES), *p.shape).clone() for n, p in model.named_parameters()}
+    generators = lambda: [client_generator(0, 12, 1, k) for k in range(len(SIZES))]  # noqa: E731
+    batched = local_update(model, params, images, labels, rows, RECIPES[optimizer], generators())
+    loop = reference_update(model, params, images, labels, rows, RECIPES[optimizer], generators())
+    for n in params:
+        assert (batched.params[n] - params[n]).abs().max() > 1e-3, f"{n} did not train"
+        assert (batched.params[n] - loop.params[n]).abs().max() <= TOLERANCE, n
+    assert torch.allclose(batched.loss, loop.loss, atol=1e-6)
+
+
+def test_cnn_clients_with_a_gradient_hook_train_all_at_once_as_alone():
+    # a hook sees all clients at once, so the CNN's convolutions run under vmap over the clients
+    images, labels, rows = _data()
+    model = build_model("cnn", SHAPE, 10)
+    init = {n: p.unsqueeze(0) for n, p in init_params(model, client_generator(0, 10)).items()}
+    params = {n: p.expand(len(SIZES), *p.shape[1:]).clone() for n, p in init.items()}
+    generators = lambda: [client_generator(0, 12, 1, k) for k in range(len(SIZES))]  # noqa: E731
+    seen = []
+
+    def hook(p, grads):
+        seen.append(next(iter(grads.values())).shape[0])
+        return grads
+
+    together = local_update(model, params, images, labels, rows, RECIPES["sgd"], generators(), adjust=hook)
+    alone = local_update(model, params, images, labels, rows, RECIPES["sgd"], generators())
+    assert set(seen) == {len(SIZES)}
+    for n in params:
+        assert (together.params[n] - alone.params[n]).abs().max() <= TOLERANCE, n
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_clients_in_chunks_equal_clients_all_at_once(optimizer, monkeypatch):
     whole = fedavg_rounds(local_update, "2nn", RECIPES[optimizer], rounds=1)

@@ -7,8 +7,9 @@ run out it is masked and no longer changes. K=1 is the same code.
 
 Every model's head, its closing Linear layers, goes through `kernels` (batched matmuls, a
 hand-written backward with plain SGD fused into it); what comes before the head (the CNN's
-convolutions) goes through autograd, and an MLP has nothing before it. Clients are trained in chunks sized from a memory budget, so a round of 1,000 clients
-needs no more working memory than one of a few hundred.
+convolutions) goes through autograd, and an MLP has nothing before it. Clients are trained in
+chunks sized from a memory budget, so a round of 1,000 clients needs no more working memory than
+one of a few hundred.
 """
 
 import contextlib
