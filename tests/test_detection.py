@@ -13,6 +13,22 @@ def test_roc_auc_of_a_perfect_and_a_useless_score():
     assert detection.roc_auc(torch.tensor([0.2, 0.8, 0.2, 0.8]), noisy) == 0.5
 
 
+def test_roc_auc_counts_ties_half_by_hand():
+    # noisy 0.4 and 0.5 against clean 0.1 and 0.5: pairs 1 + 0 + 1 + 0.5 of 4
+    assert detection.roc_auc(torch.tensor([0.1, 0.4, 0.5, 0.5]), [False, True, False, True]) == 0.625
+
+
+def test_roc_auc_equals_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+
+    g = torch.Generator().manual_seed(0)
+    for n in (3, 10, 200):
+        scores = torch.randint(0, 6, (n,), generator=g).float()  # many ties
+        noisy = (torch.rand(n, generator=g) < 0.3).tolist()
+        noisy[0], noisy[1] = True, False
+        assert detection.roc_auc(scores, noisy) == pytest.approx(roc_auc_score(noisy, scores.tolist()), abs=1e-12)
+
+
 def test_roc_auc_skips_unsampled_clients_and_needs_both_kinds():
     noisy = [False, True, True]
     assert detection.roc_auc(torch.tensor([0.1, math.nan, 0.5]), noisy) == 1.0

@@ -56,15 +56,22 @@ def observed(strategy: Strategy) -> Strategy:
 
 def roc_auc(scores: torch.Tensor, noisy: list[bool]) -> float | None:
     """ROC-AUC of one round's scores [n] (NaN = not sampled) against the true noisy flags;
-    None when the sampled clients are all noisy or all clean."""
-    # here, not at the top: sklearn.metrics takes 1.7 s to import and every engine imports this module
-    from sklearn.metrics import roc_auc_score
+    None when the sampled clients are all noisy or all clean.
 
+    As the Mann-Whitney statistic: the chance that a noisy client scores above a clean one, a tie
+    counting half, from the noisy clients' rank sum (tied scores share their mean rank). Written
+    here, not taken from scikit-learn (the test holds it to `roc_auc_score`), because importing
+    sklearn.metrics took 1.7 s of the seed study's 20-30 s end to end.
+    """
     seen = ~torch.isnan(scores)
-    truth = [f for f, s in zip(noisy, seen.tolist()) if s]
-    if len(set(truth)) < 2:
+    truth = torch.tensor(noisy, dtype=torch.bool)[seen]
+    n_pos, n_neg = int(truth.sum()), int((~truth).sum())
+    if not n_pos or not n_neg:
         return None
-    return float(roc_auc_score(truth, scores[seen].tolist()))
+    _, which, counts = torch.unique(scores[seen].double(), return_inverse=True, return_counts=True)
+    mean_rank = counts.cumsum(0) - (counts - 1) / 2  # 1-based, of each distinct score
+    rank_sum = mean_rank[which][truth].sum().item()
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def reliable_from(aucs: list[float | None], threshold: float = 0.9) -> int | None:
