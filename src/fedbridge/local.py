@@ -258,8 +258,8 @@ def local_update(
     if adjust is not None:
         return _train_chunk(model, params, images, labels, client_rows, recipe, generators, adjust)
     # conv steps are long enough for workers to run free of the GIL; an MLP step is dozens of tiny
-    # kernels, and two Python workers contending for the GIL measured 1.2-1.5x slower than one
-    # stream of clients with every thread inside each kernel (quiet machine, 2 threads)
+    # kernels, and two Python workers contending for the GIL measured 1.07-1.5x slower than one
+    # stream of clients with every thread inside each kernel (McMahan rounds, 2 threads)
     workers = 1 if kernels.split(model)[0] is None else min(torch.get_num_threads(), k)
     chunk = clients_per_chunk(
         model, params, tuple(images.shape[1:]), recipe, max(len(r) for r in client_rows), MEMORY_BUDGET // workers
