@@ -65,6 +65,10 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path):
         (["--set", "clients.1.profile.sigma=-1"], "sigma"),
         (["--set", "oops"], "KEY=VALUE"),
         (["--seeds", "0"], "--seeds"),
+        (["--set", "train.lr=inf"], "train.lr: Input should be a finite number"),
+        # errors only the data can tell, still before a run directory exists
+        (["--set", "test_fraction=0.999"], "leaves 0 for training"),
+        (["--set", "partition.sizes=[2000,2000]"], "more than the 1437 samples available"),
     ],
 )
 def test_bad_config_exits_2_before_anything_runs(tmp_path, args, message):
@@ -136,3 +140,31 @@ def test_seed_study_on_real_mnist_through_the_installed_command(tmp_path, mnist_
     assert acc[(2, "pooled", "own")] > acc[(2, "local", "own")]
     # the clean client's own model is much worse on the noisy client's data: where FL's gain lives
     assert acc[(1, "local", "client:2")] < acc[(2, "fedavg", "own")] - 0.05
+
+
+def test_a_diverged_method_is_flagged_under_the_table(tmp_path):
+    result = run("run", CONFIGS / "seed.toml", *TINY, "--set", "train.lr=1e8", "--set", 'baselines=["local"]',
+                 "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "seed 0, FedAvg: training diverged" in result.output and "smaller train.lr" in result.output
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["diverged"] == [
+        {"seed": 0, "method": "fedavg"}, {"seed": 0, "method": "local"}]
+
+
+@pytest.mark.parametrize("summary", [
+    {"table": "x"}, {"methods": None}, {"table": [{"client": 1}]}, [1, 2],
+])
+def test_show_names_a_damaged_summary_instead_of_failing_on_it(tmp_path, summary):
+    good = {"name": "n", "dataset": "mnist", "data_source": "s", "seeds": [0], "rounds": 1, "methods": ["fedavg"],
+            "strategy": "fedavg", "table": []}
+    (tmp_path / "summary.json").write_text(json.dumps({**good, **summary} if isinstance(summary, dict) else summary))
+    result = run("show", tmp_path)
+    assert result.exit_code == 1 and "is not a fedbridge summary" in result.output
+    (tmp_path / "summary.json").write_text(json.dumps({**good, "seeds": []}))
+    assert "is not a fedbridge summary" in run("show", tmp_path).output
+
+
+def test_show_on_a_sweep_says_how_to_see_it(tmp_path):
+    (tmp_path / "sweep.json").write_text("{}")
+    result = run("show", tmp_path)
+    assert result.exit_code == 1 and "is a sweep, not a run" in result.output

@@ -188,15 +188,32 @@ def test_system_folder_is_searched_last(tmp_path, fake):
 
 def test_nothing_found_and_no_download_lists_every_location(tmp_path, monkeypatch, fake):
     monkeypatch.setenv("FEDBRIDGE_DATA", str(tmp_path / "nowhere"))
-    write_fake(tmp_path / "given" / "mnist", content={TRAIN_IMAGES: CONTENT[TRAIN_IMAGES]})  # 1 of 4
     with pytest.raises(DataError) as err:
-        idx.load_dataset("mnist", tmp_path / "given", download=False)
+        idx.load_dataset("mnist", download=False)
     message = str(err.value)
-    for place in ("--data-dir", "FEDBRIDGE_DATA", "cache", "system"):
+    for place in ("--data-dir: not given", "FEDBRIDGE_DATA", "cache", "system"):
         assert place in message
-    assert str(tmp_path / "given" / "mnist") in message and "1 of 4 files" in message
     assert str(tmp_path / "nowhere") in message and str(tmp_path / "system" / "mnist") in message
     assert "downloading was turned off" in message
+
+
+@pytest.mark.parametrize("given", ["partial", "missing", "a file"])
+def test_a_given_folder_without_the_dataset_is_an_error_not_skipped(tmp_path, monkeypatch, fake, given):
+    env = write_fake(tmp_path / "env" / "mnist")  # complete: it must not be used instead
+    monkeypatch.setenv("FEDBRIDGE_DATA", str(env))
+    folder = tmp_path / "given"
+    if given == "partial":
+        write_fake(folder / "mnist", content={TRAIN_IMAGES: CONTENT[TRAIN_IMAGES]})
+    elif given == "a file":
+        folder.write_text("not a folder")
+    with pytest.raises(DataError) as err:
+        idx.load_dataset("mnist", folder, download=False)
+    message = str(err.value)
+    assert "--data-dir" in message and "FEDBRIDGE_DATA" in message  # where, and the fix
+    if given == "partial":
+        assert f"{folder / 'mnist'}: 1 of 4 files" in message and f"missing {TRAIN_LABELS}" in message
+    else:
+        assert f"{folder}: {'folder does not exist' if given == 'missing' else 'not a folder'}" in message
 
 
 def test_locate_reports_each_location_and_verification(tmp_path, monkeypatch, fake):

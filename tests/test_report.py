@@ -1,6 +1,7 @@
 """`fedbridge report`: a self-contained HTML file that a real browser renders with every figure
 loaded and the table in place; and clear errors for what is not a finished run."""
 
+import errno
 import html
 import json
 import os
@@ -77,12 +78,51 @@ def test_report_renders_in_a_browser_with_every_figure_and_the_table(finished_ru
 
 
 def test_report_default_place_and_what_it_refuses(finished_run, tmp_path):
+    (finished_run / "report.html").write_text("a report from before the generator tag")  # the run's own: replaced
     assert run("report", finished_run).exit_code == 0
     assert (finished_run / "report.html").stat().st_size > 10_000
     result = run("report", tmp_path)
     assert result.exit_code == 1 and "does not exist" in result.output
     result = run("report", finished_run, "-o", tmp_path / "missing" / "r.html")
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+@pytest.mark.parametrize("name", ["summary.json", "weights/seed0-fedavg.pt", "new.html"])
+def test_report_never_writes_inside_the_run_but_its_report_html(finished_run, name):
+    target = finished_run / name
+    before = target.read_bytes() if target.exists() else None
+    result = run("report", finished_run, "-o", target)
+    assert result.exit_code == 1 and f"cannot write {target}: it is inside {finished_run}" in result.output
+    assert "choose another -o" in result.output
+    assert (target.read_bytes() if target.exists() else None) == before
+
+
+def test_report_replaces_an_earlier_report_but_no_other_file(finished_run, tmp_path):
+    config = tmp_path / "mine.toml"
+    config.write_text("keep = true")
+    result = run("report", finished_run, "-o", config)
+    assert result.exit_code == 1 and f"{config} exists and is not a fedbridge report" in result.output
+    assert config.read_text() == "keep = true"
+    earlier = tmp_path / "r.html"
+    earlier.write_text('<!DOCTYPE html>\n<html><head><meta name="generator" content="fedbridge 0.0.1">')
+    assert run("report", finished_run, "-o", earlier).exit_code == 0
+    assert 'content="fedbridge ' in earlier.read_text() and earlier.stat().st_size > 10_000
+
+
+def test_report_to_a_directory_or_a_read_only_place_says_cannot_write(finished_run, tmp_path, monkeypatch):
+    from fedbridge import results
+
+    result = run("report", finished_run, "-o", tmp_path)
+    assert result.exit_code == 1 and f"cannot write {tmp_path}: it is a directory; choose another -o" in result.output
+
+    def read_only(path, data):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(results, "atomic_write", read_only)
+    result = run("report", finished_run)
+    assert result.exit_code == 1, result.output
+    assert f"cannot write {finished_run / 'report.html'}: Read-only file system" in result.output
+    assert f"fedbridge report {finished_run} -o FILE" in result.output
 
 
 def test_without_the_dataset_the_report_says_so_and_draws_the_rest(finished_run, tmp_path, monkeypatch):

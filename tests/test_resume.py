@@ -3,6 +3,7 @@ progress output stays plain off a terminal and silent with --quiet."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +47,15 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     with open(out / "metrics.jsonl", "a") as f:  # as if the kill had cut a line in half
         f.write('{"seed": 0, "method": "fedavg", "rou')
 
+    edited = shutil.copytree(out, tmp_path / "edited")
+    config = (edited / "config.toml").read_text()
+    assert "rounds = 10" in config
+    (edited / "config.toml").write_text(config.replace("rounds = 10", "rounds = 1"))
+    before = (edited / "metrics.jsonl").read_bytes()
+    refused = run("run", "--resume", edited)
+    assert refused.exit_code == 2 and "config.toml was changed after this run started" in refused.output
+    assert (edited / "metrics.jsonl").read_bytes() == before
+
     resumed = run("run", "--resume", out)
     assert resumed.exit_code == 0, resumed.output
     assert "fedavg" in resumed.output and "local " not in resumed.output  # a finished method is not redone
@@ -63,12 +73,22 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     assert again.exit_code == 0 and "finished already" in again.output
 
 
+def record(round_: int) -> str:
+    return json.dumps({"seed": 0, "method": "fedavg", "round": round_, "client": 1, "profile": "clean",
+                       "test_set": "own", "accuracy": 0.9, "loss": 0.3})
+
+
 def test_a_line_cut_by_a_crash_is_dropped_and_a_damaged_one_named(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n{"round": 2}\n{"rou')
-    assert results.read_metrics(tmp_path) == [{"round": 1}, {"round": 2}]
-    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n{"rou\n{"round": 3}\n')
+    (tmp_path / "metrics.jsonl").write_text(f'{record(1)}\n{record(2)}\n{{"rou')
+    assert [r["round"] for r in results.read_metrics(tmp_path)] == [1, 2]
+    (tmp_path / "metrics.jsonl").write_text(f'{record(1)}\n{{"rou\n{record(3)}\n')
     with pytest.raises(FedbridgeError, match="line 2"):
         results.read_metrics(tmp_path)
+    # valid JSON that is not a record: named the same way, not a KeyError later
+    for line in ("{}", "[1]", record(3).replace('"round": 3', '"round": "3"')):
+        (tmp_path / "metrics.jsonl").write_text(f"{record(1)}\n{line}\n")
+        with pytest.raises(FedbridgeError, match="line 2, is not a metrics record"):
+            results.read_metrics(tmp_path)
 
 
 def test_resume_refuses_what_it_cannot_continue(tmp_path):

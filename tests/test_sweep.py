@@ -76,6 +76,9 @@ def test_confidence_interval_is_student_t():
     (["--grid", "clients.1.profile.sigma=0,-1"], "sigma"),
     (["--grid", "train.rounds=1,1"], "listed twice"),
     ([], "at least one --grid"),
+    (["--grid", "seed=0,5"], "--set seed=N"),  # the sweep sets each run's seed itself
+    (["--grid", "seeds=1,2"], "--seeds N"),
+    (["--grid", "train.rounds=1,2", "--set", "seeds=3"], "use --seeds"),
 ])
 def test_bad_grid_exits_2_before_anything_runs(tmp_path, args, message):
     result = run("sweep", CONFIGS / "seed.toml", *BASE, *args, "--out", tmp_path / "s")
@@ -90,3 +93,13 @@ def test_a_different_sweep_never_writes_into_an_existing_one(tmp_path):
     result = run("sweep", CONFIGS / "seed.toml", *BASE, *GRID, "--out", out)
     assert result.exit_code == 1 and "holds a different sweep" in result.output
     assert (out / "sweep.json").read_text() == '{"config": "other"}'
+
+
+@pytest.mark.parametrize("damaged", [b"not json", b"\xff\xfe\x00binary"])
+def test_a_damaged_sweep_json_is_refused_and_kept(tmp_path, damaged):
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "sweep.json").write_bytes(damaged)
+    result = run("sweep", CONFIGS / "seed.toml", *BASE, *GRID, "--out", out)
+    assert result.exit_code == 1 and "is not readable JSON" in result.output and "another --out" in result.output
+    assert (out / "sweep.json").read_bytes() == damaged

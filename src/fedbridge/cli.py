@@ -127,7 +127,13 @@ def show(run_dir: Path) -> None:
     """Print the table of a finished run again."""
     from fedbridge.report.table import render
     from fedbridge.results import read_summary
+    from fedbridge.sweep import SPEC
 
+    if (run_dir / SPEC).is_file():
+        raise FedbridgeError(
+            f"{run_dir} is a sweep, not a run: the same `fedbridge sweep` command prints its table again "
+            f"(finished runs are not redone), and `fedbridge report {run_dir}` writes its HTML report"
+        )
     render(read_summary(run_dir), stdout)
 
 
@@ -199,7 +205,8 @@ def check(data_dir: Path | None) -> None:
         click.echo(f"{name}:")
         for c in found:
             click.echo(f"  {c.summary()}")
-        missing += not any(c.ok for c in found)
+        # a folder given with --data-dir is the one `run` will insist on, so it has to verify itself
+        missing += not (found[0].ok if data_dir else any(c.ok for c in found))
     if missing:
         raise FedbridgeError(f"{missing} dataset(s) not found or not verified; see above, and README 'Data'")
 if __name__ == "__main__":

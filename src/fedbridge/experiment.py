@@ -16,7 +16,8 @@ from fedbridge.strategies.robust import trimmed_count
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf passes every bound (lr > 0, mu >= 0, ...) and a run then ends at chance with NaN losses
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Data(_Strict):
@@ -317,6 +318,8 @@ def _describe(error: dict) -> str:
     where = ".".join(loc)
     if error["type"] == "extra_forbidden" and loc[0] == "strategy":
         return f"{where}: unknown key for strategy.name = {tag!r} (its keys are in README, 'Strategies')"
+    if error["type"] == "extra_forbidden" and loc[0] == "partition":
+        return f"{where}: unknown key for partition.name = {tag!r} (each partition's keys are in README, 'Experiments')"
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown key (check the spelling; see configs/ for the keys each table takes)"
     got = error.get("input")
@@ -344,4 +347,5 @@ def load_experiment(path: Path, overrides: list[str] = ()) -> tuple[Experiment, 
         raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
     for text in overrides:
         _set(tree, *parse_override(text))
-    return validate(tree, origin=str(path)), tree
+    origin = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
+    return validate(tree, origin=origin), tree

@@ -62,13 +62,22 @@ def split_clients(labels: np.ndarray, exp: Experiment, rng: np.random.Generator)
     return partition.sizes(labels, p.sizes, rng)
 
 
-def build_federation(dataset: Dataset, exp: Experiment, seed: int) -> Federation:
+def client_rows(labels: np.ndarray, exp: Experiment, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each client's (train, own test) rows into the dataset's training images, for one seed.
+
+    Only indices: cheap enough to check every seed's partition before a run directory is made."""
     rng = np.random.default_rng([seed, STREAM_PARTITION])
-    parts = split_clients(dataset.train_labels, exp, rng)
+    return [partition.train_test_split(rows, exp.test_fraction, rng) for rows in split_clients(labels, exp, rng)]
+
+
+def build_federation(
+    dataset: Dataset, exp: Experiment, seed: int, rows: list[tuple[np.ndarray, np.ndarray]] | None = None
+) -> Federation:
+    """The federation of one seed; `rows` are client_rows' result for it, if already made."""
     images, labels, clients = [], [], []
     offset = 0
-    for i, (rows, profile) in enumerate(zip(parts, exp.profiles)):
-        train_idx, test_idx = partition.train_test_split(rows, exp.test_fraction, rng)
+    rows = rows if rows is not None else client_rows(dataset.train_labels, exp, seed)
+    for i, ((train_idx, test_idx), profile) in enumerate(zip(rows, exp.profiles)):
         x_train, y_train = corrupt.apply_profile(
             profile.name, profile.params,
             to_float(dataset.train_images[train_idx]), torch.from_numpy(dataset.train_labels[train_idx]),

@@ -22,6 +22,21 @@ from fedbridge.errors import FedbridgeError
 
 CONFIG, METRICS, SUMMARY, WEIGHTS = "config.toml", "metrics.jsonl", "summary.json", "weights"
 CHECKPOINT = "checkpoint.pt"
+# what every metrics.jsonl record and summary.json table row holds (readers index them directly)
+RECORD_KEYS = {"seed": int, "method": str, "round": int, "client": int, "profile": str, "test_set": str,
+               "accuracy": float, "loss": float}
+ROW_KEYS = {"client": int, "profile": str, "method": str, "test_set": str, "accuracy_mean": float,
+            "accuracy_std": float, "n_seeds": int}
+SWEEP_ROW_KEYS = {"cell": dict, "client": int, "profile": str, "strategy": str, "quantity": str, "mean": float,
+                  "std": float, "n_seeds": int}
+
+
+def _is_shaped(item, keys: dict[str, type]) -> bool:
+    # JSON has one kind of number, so an int where a float is expected is fine, and a bool is not a number
+    return isinstance(item, dict) and all(
+        isinstance(item.get(k), (int, float) if t is float else t) and not isinstance(item.get(k), bool)
+        for k, t in keys.items()
+    )
 
 
 def _umask() -> int:
@@ -52,8 +67,8 @@ def atomic_write(path: Path, data: bytes | str | Callable[[str], None]) -> None:
 def create_run_dir(path: Path) -> Path:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise FedbridgeError(
-            f"run directory {path} already exists and is not empty; nothing was changed in it. "
-            "Choose another --out, or remove it first."
+            f"run directory {path} already exists and {'is not empty' if path.is_dir() else 'is a file'}; "
+            "nothing was changed in it. Choose another --out, or remove it first."
         )
     try:
         (path / WEIGHTS).mkdir(parents=True, exist_ok=True)
@@ -82,11 +97,17 @@ def read_metrics(run: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if number == len(lines):  # no newline after it: the write was cut, not the file corrupted
                 break
             raise FedbridgeError(f"{path}, line {number}, is not JSON; the file was edited or damaged") from None
+        if not _is_shaped(record, RECORD_KEYS):
+            raise FedbridgeError(
+                f"{path}, line {number}, is not a metrics record (it needs {', '.join(RECORD_KEYS)}); "
+                "the file was edited or damaged"
+            )
+        records.append(record)
     return records
 
 
@@ -102,16 +123,17 @@ def save_weights(run: Path, seed: int, method: str, params: dict[str, torch.Tens
     atomic_write(weights_path(run, seed, method), lambda tmp: torch.save(params, tmp))
 
 
-def _load(path: Path, what: str):
+def _load(path: Path, what: str, fix: str):
     try:
         return torch.load(path, weights_only=True)
     except Exception as e:  # torch raises many kinds for a damaged file; all mean the same to a user
-        raise FedbridgeError(f"{path} cannot be read as {what} ({type(e).__name__}); it was damaged or replaced") from None
+        raise FedbridgeError(f"{path} cannot be read as {what} ({type(e).__name__}); it was damaged or replaced: {fix}") from None
 
 
 def load_weights(run: Path, seed: int, method: str) -> dict[str, torch.Tensor] | None:
     path = weights_path(run, seed, method)
-    return _load(path, "saved weights") if path.exists() else None
+    fix = "delete it, and its method of that seed is trained again on resume (or re-run the study)"
+    return _load(path, "saved weights", fix) if path.exists() else None
 
 
 def save_checkpoint(run: Path, checkpoint: dict) -> None:
@@ -121,7 +143,8 @@ def save_checkpoint(run: Path, checkpoint: dict) -> None:
 
 def load_checkpoint(run: Path) -> dict | None:
     path = Path(run) / CHECKPOINT
-    return _load(path, "a checkpoint") if path.exists() else None
+    fix = "delete it, and the method it was training starts again from round 0 on resume"
+    return _load(path, "a checkpoint", fix) if path.exists() else None
 
 
 def write_summary(run: Path, summary: dict) -> None:
@@ -131,14 +154,32 @@ def write_summary(run: Path, summary: dict) -> None:
 def read_summary(run: Path) -> dict:
     path = Path(run) / SUMMARY
     if not path.is_file():
-        hint = "it is still running or was interrupted" if (Path(run) / METRICS).exists() else "is it a run directory?"
+        hint = (f"it is still running, or was interrupted: to continue it, fedbridge run --resume {run}"
+                if (Path(run) / METRICS).exists() else "is it a run directory?")
         raise FedbridgeError(f"{path} does not exist ({hint}); `fedbridge run` writes it when a run finishes")
     try:
         summary = json.loads(path.read_text())
-        summary["table"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise FedbridgeError(f"{path} is not a fedbridge summary (unreadable JSON or no 'table'); re-run the study") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        summary = None
+    if not _is_summary(summary):
+        raise FedbridgeError(
+            f"{path} is not a fedbridge summary (unreadable, or without the table, methods, seeds, ... that "
+            "`fedbridge run` writes); it was edited or damaged: re-run the study into a new --out"
+        )
     return summary
+
+
+def _is_summary(summary) -> bool:
+    """A run's summary.json (as `write_summary` gets it from study.summarize) or a sweep's (from
+    sweep.summarize_sweep, which has a grid), with what the tables and reports read from it."""
+    if not (isinstance(summary, dict) and isinstance(summary.get("seeds"), list) and summary["seeds"]
+            and isinstance(summary.get("rounds"), int) and isinstance(summary.get("table"), list)
+            and all(isinstance(summary.get(k), str) for k in ("name", "dataset", "data_source"))):
+        return False
+    if "grid" in summary:
+        return isinstance(summary["grid"], list) and all(_is_shaped(r, SWEEP_ROW_KEYS) for r in summary["table"])
+    return (isinstance(summary.get("methods"), list) and isinstance(summary.get("strategy"), str)
+            and all(_is_shaped(r, ROW_KEYS) for r in summary["table"]))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

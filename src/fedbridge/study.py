@@ -1,6 +1,8 @@
 """One study: for each seed, build the federation and train every method; write the run directory,
 checkpointing as it goes so an interrupted study can be resumed."""
 
+import hashlib
+import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -13,9 +15,9 @@ import fedbridge
 from fedbridge import detection, results
 from fedbridge.data.idx import Dataset, load_dataset
 from fedbridge.engines import simulation
-from fedbridge.errors import DataError, FedbridgeError
+from fedbridge.errors import ConfigError, DataError, FedbridgeError
 from fedbridge.experiment import Experiment, Sizes, load_experiment
-from fedbridge.federation import build_federation
+from fedbridge.federation import build_federation, client_rows
 from fedbridge.progress import progress_bar, say
 from fedbridge.strategies.api import ServerState
 
@@ -46,8 +48,18 @@ def resolve_dataset(exp: Experiment, data_dir: Path | None) -> tuple[Dataset, Ex
     return dataset, exp, note
 
 
+# A final test loss above this (or NaN) means training blew up, usually from too large a learning rate:
+# a uniform guess scores ln(10) = 2.3 nats, and models that learned anything score below 1.
+DIVERGED_LOSS = 1e3
+
+
 def resolved_config(exp: Experiment) -> dict:
     return exp.model_dump(mode="json", exclude_none=True)
+
+
+def config_fingerprint(exp: Experiment) -> str:
+    """What a checkpoint was made with, so a resume can tell that config.toml was edited since."""
+    return hashlib.sha256(json.dumps(resolved_config(exp), sort_keys=True).encode()).hexdigest()
 
 
 def summarize(
@@ -73,6 +85,8 @@ def summarize(
         "seconds_per_method": {m: results.mean_std(s)[0] for m, s in seconds.items() if s},
         "versions": {"fedbridge": fedbridge.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "table": results.table(final),
+        "diverged": [{"seed": s, "method": m} for s, m in sorted(
+            {(r["seed"], r["method"]) for r in final if not r["loss"] <= DIVERGED_LOSS})],
         "detection": {m: {score: detection.summary(c) for score, c in scores.items()} for m, scores in by_method.items()},
     }
 
@@ -108,6 +122,12 @@ def restore(run: Path, exp: Experiment, seeds: list[int]) -> Position:
     finished = {pair for pair in pairs if results.weights_path(run, *pair).exists()}
     position = Position(finished=finished, seconds={m: [] for m in exp.methods})
     limit: dict[tuple[int, str], int] = {pair: exp.train.rounds for pair in finished}
+    if checkpoint is not None and checkpoint.get("config", config_fingerprint(exp)) != config_fingerprint(exp):
+        raise ConfigError(
+            f"{Path(run) / results.CONFIG} was changed after this run started, so its finished rounds do not "
+            "belong to it; put the original back to resume, or start a new run with the changed config "
+            "(fedbridge run CONFIG --out NEW_DIR)"
+        )
     if checkpoint is not None:
         pair = (checkpoint["seed"], checkpoint["method"])
         position.note = checkpoint["note"]
@@ -139,6 +159,9 @@ def run_study(
     """
     dataset, exp, note = resolve_dataset(exp, data_dir)
     seeds = [exp.seed + i for i in range(exp.seeds)]
+    # a partition the data cannot give (too few samples, too large a test fraction) fails here,
+    # before a run directory exists that would block re-running with the value fixed
+    rows = {seed: client_rows(dataset.train_labels, exp, seed) for seed in seeds}
     if resume:
         position = restore(out, exp, seeds)
         note = position.note or note
@@ -149,6 +172,7 @@ def run_study(
     if note:
         console.print(f"[yellow]note:[/yellow] {note}")
     rounds = exp.train.rounds
+    fingerprint = config_fingerprint(exp)
     final = [r for r in results.read_metrics(out) if r["round"] == rounds] if resume else []
     seconds, curves = position.seconds, position.detection
     done_rounds = len(position.finished) * rounds + (position.current[2] if position.current else 0)
@@ -157,7 +181,7 @@ def run_study(
         for seed in seeds:
             if all((seed, m) in position.finished for m in exp.methods):
                 continue
-            federation = build_federation(dataset, exp, seed)
+            federation = build_federation(dataset, exp, seed, rows[seed])
             noisy = [c.profile != "clean" for c in federation.clients]
             for method in exp.methods:
                 if (seed, method) in position.finished:
@@ -179,6 +203,7 @@ def run_study(
                     results.save_checkpoint(out, {
                         "seed": seed, "method": method, "round": r, "params": state.params, "extra": state.extra,
                         "seconds": seconds, "detection": curves, "elapsed": time.perf_counter() - start, "note": note,
+                        "config": fingerprint,
                     })
                     own = [x["accuracy"] for x in records if x["test_set"] == "own"]
                     progress.update(task, advance=r - last, status=(

@@ -100,6 +100,10 @@ def parse_grid(text: str) -> tuple[str, tuple[str, ...]]:
         raise ConfigError(f"--grid {text!r}: write it as KEY=V1,V2,..., e.g. --grid clients.1.profile.sigma=0,0.2,0.5")
     if len(set(values)) < len(values):
         raise ConfigError(f"--grid {text!r}: a value is listed twice; each cell is run once")
+    # each run gets its seed from the sweep, which would silently replace the grid's
+    if key.strip() in ("seed", "seeds"):
+        raise ConfigError(f"--grid {text!r}: {key.strip()} cannot be a grid key, every cell runs with each of the sweep's "
+                          "seeds; give how many with --seeds N, and the first with --set seed=N")
     return key.strip(), tuple(values)
 
 
@@ -107,6 +111,8 @@ def plan(config: Path, overrides: list[str], grid: list[str], n_seeds: int) -> S
     """The sweep, with every cell's config validated before anything runs."""
     if not grid:
         raise ConfigError("give at least one --grid KEY=V1,V2,...; to run one config, use `fedbridge run`")
+    if any(o.partition("=")[0].strip() == "seeds" for o in overrides):
+        raise ConfigError("--set seeds=N: a sweep runs each cell once per seed, as many as --seeds N says; use --seeds")
     parsed = tuple(parse_grid(g) for g in grid)
     keys = [k for k, _ in parsed]
     if len(set(keys)) < len(keys):
@@ -131,7 +137,7 @@ def open_sweep_dir(out: Path, sweep: Sweep) -> None:
     if spec_path.exists():
         try:
             existing = json.loads(spec_path.read_text())
-        except json.JSONDecodeError:
+        except (UnicodeDecodeError, json.JSONDecodeError):
             raise FedbridgeError(f"{spec_path} is not readable JSON; it was damaged, choose another --out") from None
         if existing != sweep.spec():
             raise FedbridgeError(

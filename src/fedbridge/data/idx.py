@@ -126,7 +126,7 @@ class Candidate:
             return f"{self.where}: {'not set' if self.where == ENV_DATA else 'not given'}"
         head = f"{self.where} {self.folder}"
         if not self.folder.is_dir():
-            return f"{head}: folder does not exist"
+            return f"{head}: {'not a folder' if self.folder.exists() else 'folder does not exist'}"
         missing = [f for f in FILES if f not in self.found]
         parts = [f"{len(self.found)} of {len(FILES)} files"]
         if missing:
@@ -191,6 +191,9 @@ def load_dataset(
             if len(cached) == len(FILES):
                 return _dataset(name, cached, f"{cand.folder} (cache)")
             continue
+        if cand.where == "--data-dir" and cand.folder is not None and not cand.complete:
+            # the folder the user named is the data they meant: never quietly take another one
+            raise DataError(_not_in_given(spec, cand))
         if not cand.complete:
             continue
         # The user's own files: a bad one is an error, never skipped in favour of a later location.
@@ -469,6 +472,14 @@ def _progress_bar(enabled: bool) -> Iterator[Callable[[str, int | None, int], No
             bar.advance(tasks[url], n)  # type: ignore[arg-type]
 
         yield advance
+
+
+def _not_in_given(spec: DatasetSpec, given: Candidate) -> str:
+    return (
+        f"{given.summary()}. Point --data-dir (or data.dir) at a folder holding {spec.folders[0]}/ with "
+        f"the four {spec.title} IDX files (.gz or not), or leave it out to search {ENV_DATA}, the cache "
+        "and the mirrors (README, 'Data')."
+    )
 
 
 def _not_found(spec: DatasetSpec, looked: list[Candidate], failures: list[str]) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from fedbridge import results
+from fedbridge import __version__, results
 from fedbridge.errors import DataError, FedbridgeError
 from fedbridge.experiment import ClientGroup, Experiment
 from fedbridge.federation import build_federation
@@ -27,6 +27,9 @@ from fedbridge.strategies.api import ServerState
 from fedbridge.study import load_run_experiment, resolve_dataset
 
 SAMPLES_PER_CLIENT = 8
+REPORT = "report.html"
+# every page carries it in its first bytes: an existing file is replaced only if it has it
+GENERATOR = b'<meta name="generator" content="fedbridge'
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #ddd; }
@@ -54,7 +57,8 @@ def section(title: str, body: str, caption: str = "") -> str:
 
 def page(title: str, sections: list[str]) -> str:
     return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">{GENERATOR.decode()} {__version__}">'
+        f"<title>{html.escape(title)}</title>"
         f"<style>{STYLE}</style></head>\n<body><h1>{html.escape(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n"
     )
 
@@ -111,8 +115,7 @@ def data_sections(run: Path, exp: Experiment, summary: dict, data_dir: Path | No
     return out
 
 
-def run_page(run: Path, data_dir: Path | None) -> str:
-    summary = results.read_summary(run)
+def run_page(run: Path, summary: dict, data_dir: Path | None) -> str:
     metrics = results.read_metrics(run)
     exp = load_run_experiment(run)
     strategy, seeds = summary["strategy"], summary["seeds"]
@@ -137,8 +140,7 @@ def run_page(run: Path, data_dir: Path | None) -> str:
     return page(f"{summary['name']}: {summary['dataset']}, {len(profiles)} clients, {summary['rounds']} rounds", sections)
 
 
-def sweep_page(out: Path) -> str:
-    summary = results.read_summary(out)
+def sweep_page(out: Path, summary: dict) -> str:
     keys, lines = grid_rows(summary)
     sections = [section("Across the grid", terminal_table(lambda console: render_grid(summary, console)))]
     if any("gain" in line for *_, line in lines):
@@ -150,14 +152,44 @@ def sweep_page(out: Path) -> str:
     return page(f"{summary['name']} sweep: {summary['dataset']}, {len(summary['seeds'])} seeds per cell", sections)
 
 
+def is_report(path: Path) -> bool:
+    """Whether `path` is a page `write_report` wrote (it has the generator tag near its start)."""
+    try:
+        with open(path, "rb") as f:
+            return GENERATOR in f.read(1024)
+    except OSError:
+        return False
+
+
+def check_output(path: Path, output: Path, fix: str) -> None:
+    """Refuse an output that would destroy something: a directory, a file of the run or sweep
+    itself, or any existing file that is not an earlier report."""
+    if output.is_dir():
+        raise FedbridgeError(f"cannot write {output}: it is a directory; {fix}")
+    own = output.resolve() == (path / REPORT).resolve()
+    if not own and output.resolve().is_relative_to(path.resolve()):
+        raise FedbridgeError(f"cannot write {output}: it is inside {path}, where the report goes only to {REPORT} "
+                             f"(the other files are the results); nothing was changed, {fix}")
+    # the run's own report.html may predate the generator tag; any other file must carry it
+    if output.exists() and not own and not is_report(output):
+        raise FedbridgeError(f"{output} exists and is not a fedbridge report; nothing was changed. Remove it first or {fix}")
+    if not output.parent.is_dir():
+        raise FedbridgeError(f"cannot write {output}: folder {output.parent} does not exist; create it or {fix}")
+
+
 def write_report(path: Path, output: Path | None = None, data_dir: Path | None = None) -> Path:
     """Write the report of the run or sweep in `path`; returns where it went (default path/report.html)."""
     from fedbridge.sweep import SPEC  # here: sweep imports this module's caller, not the other way round
 
     path = Path(path)
-    text = sweep_page(path) if (path / SPEC).exists() else run_page(path, data_dir)
-    output = Path(output) if output else path / "report.html"
-    if not output.parent.is_dir():
-        raise FedbridgeError(f"cannot write {output}: folder {output.parent} does not exist; create it or choose another -o")
-    results.atomic_write(output, text)
-    return output
+    summary = results.read_summary(path)  # first: that this is no finished run matters more than -o
+    target = Path(output) if output else path / REPORT
+    # `fedbridge sweep` writes the default too, and has no -o: so say the whole command
+    fix = "choose another -o" if output else f"write the report elsewhere with `fedbridge report {path} -o FILE`"
+    check_output(path, target, fix)
+    text = sweep_page(path, summary) if (path / SPEC).exists() else run_page(path, summary, data_dir)
+    try:
+        results.atomic_write(target, text)
+    except OSError as e:
+        raise FedbridgeError(f"cannot write {target}: {e.strerror or e}; {fix}") from None
+    return target

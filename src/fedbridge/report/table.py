@@ -84,3 +84,9 @@ def render(summary: dict, console: Console) -> None:
         console.print(found)
     if summary.get("data_note"):
         console.print(f"[yellow]note:[/yellow] {summary['data_note']}")
+    for d in summary.get("diverged", []):
+        console.print(
+            f"[yellow]warning:[/yellow] seed {d['seed']}, {title(d['method'])}: training diverged (its test loss is "
+            "huge or NaN), so its accuracies are those of a broken model; a smaller train.lr (or strategy.server_lr) "
+            "usually fixes it"
+        )
