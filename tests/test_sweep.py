@@ -79,6 +79,8 @@ def test_confidence_interval_is_student_t():
     (["--grid", "seed=0,5"], "--set seed=N"),  # the sweep sets each run's seed itself
     (["--grid", "seeds=1,2"], "--seeds N"),
     (["--grid", "train.rounds=1,2", "--set", "seeds=3"], "use --seeds"),
+    # only the data tells that the second cell's clients need more samples than digits has
+    (["--grid", "partition.sizes=[100,100],[900,900]"], "grid cell partition.sizes=[900,900]: sizes=[900, 900] sum"),
 ])
 def test_bad_grid_exits_2_before_anything_runs(tmp_path, args, message):
     result = run("sweep", CONFIGS / "seed.toml", *BASE, *args, "--out", tmp_path / "s")

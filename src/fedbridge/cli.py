@@ -159,6 +159,7 @@ def sweep(
     from fedbridge.report.html import write_report
 
     plan = sweeps.plan(config, list(overrides), list(grid), seeds)
+    sweeps.check_cells(plan, data_dir)
     out = out or sweeps.default_dir(plan)
     sweeps.open_sweep_dir(out, plan)
     if not quiet:

@@ -5,6 +5,7 @@ import hashlib
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,15 +23,17 @@ from fedbridge.progress import progress_bar, say
 from fedbridge.strategies.api import ServerState
 
 
-def resolve_dataset(exp: Experiment, data_dir: Path | None) -> tuple[Dataset, Experiment, str | None]:
+def resolve_dataset(
+    exp: Experiment, data_dir: Path | None, load: Callable[..., Dataset] = load_dataset
+) -> tuple[Dataset, Experiment, str | None]:
     """The dataset to run on, the experiment adjusted to it, and a note when we fell back."""
     try:
-        return load_dataset(exp.data.name, data_dir or exp.data.dir), exp, None
+        return load(exp.data.name, data_dir or exp.data.dir), exp, None
     except DataError as e:
         if exp.data.fallback is None or exp.data.name == exp.data.fallback:
             raise
         reason = str(e)
-    dataset = load_dataset(exp.data.fallback)
+    dataset = load(exp.data.fallback)
     note = (
         f"{exp.data.name} could not be used, so this study ran on {dataset.source} instead "
         f"({len(dataset.train_labels)} train / {len(dataset.test_labels)} test images): its figures are "

@@ -8,6 +8,7 @@ So starting the same sweep again after Ctrl-C or kill -9 runs only what is missi
 """
 
 import ctypes
+import functools
 import hashlib
 import itertools
 import json
@@ -26,8 +27,11 @@ from rich.console import Console
 
 from fedbridge import results
 from fedbridge.errors import ConfigError, FedbridgeError
+from fedbridge.data.idx import load_dataset
 from fedbridge.experiment import Experiment, load_experiment
+from fedbridge.federation import client_rows
 from fedbridge.progress import progress_bar, say
+from fedbridge.study import resolve_dataset
 
 SPEC, RUNS, LOGS = "sweep.json", "runs", "logs"
 
@@ -124,6 +128,20 @@ def plan(config: Path, overrides: list[str], grid: list[str], n_seeds: int) -> S
         raise ConfigError("--grid: two cells get the same folder name; use values that differ in letters or digits")
     seeds = tuple(exps[0].seed + i for i in range(n_seeds))
     return Sweep(Path(config), tuple(overrides), parsed, seeds, tuple(exps))
+
+
+def check_cells(sweep: Sweep, data_dir: Path | None) -> None:
+    """Every cell's partition for every seed, from the data, before any run starts: a cell the data
+    cannot give (partition sizes beyond the dataset, say) would otherwise fail only after the cells
+    before it had run."""
+    load = functools.cache(load_dataset)  # cells mostly share one dataset: read it once
+    for cell, exp in zip(sweep.cells, sweep.exps):
+        dataset, exp, _ = resolve_dataset(exp, data_dir, load)
+        try:
+            for seed in sweep.seeds:
+                client_rows(dataset.train_labels, exp, seed)
+        except ConfigError as e:
+            raise ConfigError(f"grid cell {', '.join(cell.overrides)}: {e}") from None
 
 
 def default_dir(sweep: Sweep) -> Path:
