@@ -66,7 +66,8 @@ def test_deploy_with_tls_gives_the_simulation_engines_weights_and_metrics(tmp_pa
     assert sorted(map(key, records)) == sorted(map(key, expected_records))
     for got, want in zip(sorted(records, key=key), sorted(expected_records, key=key)):
         assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-6)
-    assert json.loads((out / "summary.json").read_text())["table"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["table"] and summary["left_out"] == []  # every client answered in every round
 
 
 def test_dead_supernodes_are_left_out_then_the_run_stops_below_the_minimum(tmp_path):
@@ -146,7 +147,7 @@ def test_flwr_run_on_flowers_simulation_runtime(tmp_path):
         while channel.read_end(out) is None and time.monotonic() < deadline:
             running.alive()
             time.sleep(0.5)
-    assert channel.read_end(out) == {"ok": True, "message": ""}
+    assert channel.read_end(out) == {"ok": True, "message": "", "left_out": []}
     rounds = channel.read_rounds(out, 0)
     assert [r.number for r in rounds] == [1, 2]
     expected = simulation.train("fedavg", federation, exp, 0)

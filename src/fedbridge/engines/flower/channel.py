@@ -1,7 +1,8 @@
 """What a ServerApp leaves in its out-dir, and how `fedbridge deploy` reads it back while it runs.
 
-One `round-NNNN.json` (metrics records) and `round-NNNN.pt` (server state) per evaluated round,
-then `end.json` saying how the run ended. Each file is written whole (temp file + rename), the
+`connected` once every client's node has answered; one `round-NNNN.json` (metrics records) and
+`round-NNNN.pt` (server state) per evaluated round; then `end.json` saying how the run ended and
+which clients were left out of which rounds. Each file is written whole (temp file + rename), the
 weights before the records, so a round is complete as soon as its records exist.
 """
 
@@ -15,6 +16,16 @@ from fedbridge.results import atomic_write
 from fedbridge.strategies.api import ServerState
 
 END = "end.json"
+CONNECTED = "connected"
+
+
+def write_connected(out: Path) -> None:
+    atomic_write(out / CONNECTED, "")
+
+
+def connected(out: Path) -> bool:
+    """Whether the ServerApp has every client's node; until then, each node that exits stops the run."""
+    return (out / CONNECTED).exists()
 
 
 def write_round(out: Path, round_: int, records: list[dict], state: ServerState) -> None:
@@ -23,8 +34,9 @@ def write_round(out: Path, round_: int, records: list[dict], state: ServerState)
     atomic_write(out / f"round-{round_:04d}.json", json.dumps(records))
 
 
-def write_end(out: Path, ok: bool, message: str = "") -> None:
-    atomic_write(out / END, json.dumps({"ok": ok, "message": message}))
+def write_end(out: Path, ok: bool, message: str = "", left_out: list[dict] = ()) -> None:
+    """`left_out`: {"round", "step", "client", "reason"} of each client missing from a round's step."""
+    atomic_write(out / END, json.dumps({"ok": ok, "message": message, "left_out": list(left_out)}))
 
 
 @dataclass
@@ -46,6 +58,6 @@ def read_rounds(out: Path, after: int) -> list[Round]:
 
 
 def read_end(out: Path) -> dict | None:
-    """{"ok", "message"} once the ServerApp has finished, else None."""
+    """{"ok", "message", "left_out"} once the ServerApp has finished, else None."""
     path = out / END
     return json.loads(path.read_text()) if path.exists() else None

@@ -64,6 +64,15 @@ class Cluster:
                 f"the SuperLink exited (code {self.superlink.returncode}); its log: {self.workdir / 'superlink.log'}"
             )
 
+    def nodes_alive(self) -> None:
+        """Raise if a SuperNode has exited, naming its client: a run cannot start without every client."""
+        for partition, node in enumerate(self.nodes):
+            if node.poll() is not None:
+                raise FedbridgeError(
+                    f"the SuperNode of client {partition + 1} (partition-id={partition}) exited "
+                    f"(code {node.returncode}); its log: {self.workdir / f'supernode-{partition}.log'}"
+                )
+
 
 def start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     with open(log, "ab") as out:
