@@ -146,7 +146,7 @@ def test_a_diverged_method_is_flagged_under_the_table(tmp_path):
     result = run("run", CONFIGS / "seed.toml", *TINY, "--set", "train.lr=1e8", "--set", 'baselines=["local"]',
                  "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
-    assert "seed 0, FedAvg: training diverged" in result.output and "smaller train.lr" in result.output
+    assert "seed 0, FedAvg: training diverged" in result.output and "lower train.lr" in result.output
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["diverged"] == [
         {"seed": 0, "method": "fedavg"}, {"seed": 0, "method": "local"}]
 

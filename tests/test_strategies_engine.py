@@ -70,10 +70,12 @@ def test_personal_strategies_keep_one_model_per_client(name):
 def test_finetune_evaluates_each_clients_fine_tuned_copy():
     fedavg, tuned = [], []
     _train({"name": "fedavg"}, records=fedavg)
-    _train({"name": "finetune", "epochs": 2}, records=tuned)
+    params = _train({"name": "finetune", "epochs": 2}, records=tuned)
     own = lambda recs: [r["loss"] for r in recs if r["test_set"] == "own"]  # noqa: E731
     # same global model, but each client's evaluated copy trained two more epochs on its own data
     assert own(fedavg) != own(tuned)
+    # what it returns, and a run saves for its report, is what was evaluated: one model per client
+    assert next(iter(params.values())).shape[0] == 3
 
 
 def test_ditto_with_huge_lambda_keeps_personal_models_near_the_global_one():

@@ -15,9 +15,24 @@ from fedbridge.errors import ConfigError
 from fedbridge.strategies.robust import trimmed_count
 
 
+# the engine computes in float32: a setting beyond its range becomes inf or 0 there (tau = 1e-46
+# divides by zero, alpha = 1e39 multiplies by inf), and a run ends at chance with NaN losses
+FLOAT32_MAX, FLOAT32_TINY = 3.4028234663852886e38, 1.1754943508222875e-38
+
+
 class _Strict(BaseModel):
     # inf passes every bound (lr > 0, mu >= 0, ...) and a run then ends at chance with NaN losses
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _within_float32(self) -> "_Strict":
+        for key, value in self:
+            if isinstance(value, float) and value and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
+                raise ValueError(
+                    f"{key} = {value:g} is beyond float32, in which training computes (magnitudes from "
+                    f"{FLOAT32_TINY:.2g} to {FLOAT32_MAX:.2g}, or 0)"
+                )
+        return self
 
 
 class Data(_Strict):
@@ -256,15 +271,23 @@ class Experiment(_Strict):
                 f"strategy.select = {s.select} but {per_round} and strategy.byzantine = {s.byzantine}; "
                 f"Multi-Krum can select at most {k - s.byzantine}"
             )
+        if isinstance(s, (Median, TrimmedMean, Krum, Clipping, Quality)) and k < 3:
+            raise ValueError(
+                f"strategy.name = {s.name!r} compares the clients of a round, but {per_round}; "
+                f"it needs at least 3 (add clients or raise train.client_fraction)"
+            )
         if isinstance(s, TrimmedMean) and trimmed_count(k, s.beta) == 0:
             raise ValueError(
                 f"strategy.beta = {s.beta} trims nothing: {per_round} and floor(beta x {k}) = 0; "
                 f"use strategy.beta >= {1 / k:.3g} or strategy.name = \"fedavg\""
             )
-        if isinstance(s, (Median, TrimmedMean, Krum, Clipping, Quality)) and k < 3:
+        t = self.train
+        if isinstance(s, (Scaffold, FedNova)) and (t.optimizer != "sgd" or t.momentum):
+            # SCAFFOLD's control variates (option II) and FedNova's normalisation divide by the local
+            # steps of plain SGD; with Adam or momentum the update is no such sum of steps
             raise ValueError(
-                f"strategy.name = {s.name!r} compares the clients of a round, but {per_round}; "
-                f"it needs at least 3 (add clients or raise train.client_fraction)"
+                f"strategy.name = {s.name!r} is written for plain SGD local steps, but train.optimizer = "
+                f"{t.optimizer!r}, train.momentum = {t.momentum}; use train.optimizer = \"sgd\" with momentum 0"
             )
 
 
@@ -310,7 +333,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 def _describe(error: dict) -> str:
     loc = [str(p) for p in error["loc"]]
     tag = None
-    if loc[:1] in (["partition"], ["strategy"]) and len(loc) > 2:
+    if loc[:1] in (["partition"], ["strategy"]) and len(loc) >= 2:
         tag = loc.pop(1)  # pydantic's union tag: partition.sizes.sizes -> partition.sizes
     msg = error["msg"].removeprefix("Value error, ")
     if not loc:

@@ -119,7 +119,8 @@ def train(
     on_round: OnRound = lambda r, records, state: None,
     resume: tuple[int, ServerState] | None = None,
 ) -> Params:
-    """Run `exp.train.rounds` rounds of `method` and return the final server parameters.
+    """Run `exp.train.rounds` rounds of `method` and return the parameters the clients were last
+    evaluated with: the server's, or with fine-tuning, every client's fine-tuned copy [K, ...].
 
     `on_round(r, records, state)` sees each evaluated round's metrics and the state after it;
     `resume=(r, state)` continues after round r from that state. Every random choice of round
@@ -131,6 +132,8 @@ def train(
     done, state = resume or (0, p.strategy.init(initial, len(p.train_rows)))
     how = recipe(exp)
     rounds = exp.train.rounds
+    k = p.strategy.finetune_epochs
+    evaluated = None  # what the clients were last scored with: with fine-tuning, each one's own copy
     for r in range(done + 1, rounds + 1):
         ids = sample_clients(len(p.train_rows), p.fraction, seed, r)
         rows = [p.train_rows[i] for i in ids.tolist()]
@@ -143,7 +146,6 @@ def train(
         state = p.strategy.aggregate(state, ids, result, weights)
         if r % exp.eval.every == 0 or r == rounds:
             cross = exp.eval.cross_clients and r == rounds
-            k = p.strategy.finetune_epochs
             evaluated = finetuned(model, state, federation, how, k, seed, r) if k else state
             records = [
                 {
@@ -153,4 +155,6 @@ def train(
                 for c, test_set, acc, loss in evaluate_clients(model, evaluated, federation, cross)
             ]
             on_round(r, records, state)
-    return state.params
+    if evaluated is None:  # resumed from the last round's checkpoint: nothing was left to train
+        evaluated = finetuned(model, state, federation, how, k, seed, rounds) if k else state
+    return evaluated.params

@@ -87,6 +87,6 @@ def render(summary: dict, console: Console) -> None:
     for d in summary.get("diverged", []):
         console.print(
             f"[yellow]warning:[/yellow] seed {d['seed']}, {title(d['method'])}: training diverged (its test loss is "
-            "huge or NaN), so its accuracies are those of a broken model; a smaller train.lr (or strategy.server_lr) "
-            "usually fixes it"
+            "huge or NaN), so its accuracies are those of a broken model; usually a step too large for it: lower "
+            "train.lr, or the strategy's step or pull (server_lr, mu, lam)"
         )
