@@ -14,16 +14,16 @@ import time
 
 import torch
 
-from benchmarks import entry, mcmahan_setup as setup
+from benchmarks import entry, fraction, mcmahan_setup as setup, positive_int
 from fedbridge.local import Recipe, local_update
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     setup.add_job_arguments(parser)
-    parser.add_argument("--clients", type=int, default=100)
-    parser.add_argument("--fraction", type=float, default=0.1)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--clients", type=positive_int, default=100)
+    parser.add_argument("--fraction", type=fraction, default=0.1)
+    parser.add_argument("--threads", type=positive_int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

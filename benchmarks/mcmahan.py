@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import entry, mcmahan_setup as setup, results_file
+from benchmarks import entry, mcmahan_setup as setup, non_negative_int, positive_int, results_file
 from fedbridge.local import Recipe, local_update
 
 
@@ -81,8 +81,8 @@ def run(setting: Setting, mnist, seed: int, console: Console) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(SETTINGS), help="comma-separated settings")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     parser.add_argument("--json", type=Path, default=Path("mcmahan.json"))
     args = parser.parse_args()
     results_file(args.json)

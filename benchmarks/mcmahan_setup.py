@@ -8,13 +8,12 @@ images, so the federation is built here from the library's pieces instead.
 """
 
 import argparse
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks import positive_float, positive_int
 from fedbridge.data import partition
 from fedbridge.data.idx import load_dataset
 from fedbridge.engines.simulation import STREAM_BATCHES, STREAM_INIT, sample_clients
@@ -34,8 +33,10 @@ class McMahan:
     rows: list[torch.Tensor]  # each client's rows into images
 
 
-def load_mnist(data_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    ds = load_dataset("mnist", data_dir or (Path(os.environ["FEDBRIDGE_DATA"]) if "FEDBRIDGE_DATA" in os.environ else None))
+def load_mnist() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    # no data_dir: these scripts have no --data-dir, so the library's own lookup (FEDBRIDGE_DATA,
+    # cache, download) and its messages apply
+    ds = load_dataset("mnist")
     return (
         to_float(ds.train_images), torch.from_numpy(ds.train_labels).long(),
         to_float(ds.test_images), torch.from_numpy(ds.test_labels).long(),
@@ -80,9 +81,9 @@ def test_accuracy(model: torch.nn.Module, params: Params, fed: McMahan) -> float
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of one FedAvg job on this federation, shared by fedbridge's and Flower's runners."""
     parser.add_argument("--model", default="2nn", choices=["mlp", "2nn", "cnn"])
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--epochs", type=positive_int, default=1)
+    parser.add_argument("--rounds", type=positive_int, default=15)
+    parser.add_argument("--lr", type=positive_float, default=0.1)
 
 
 def model_for(name: str) -> torch.nn.Module:

@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from benchmarks import entry, mcmahan_setup as setup, results_file
+from benchmarks import entry, mcmahan_setup as setup, positive_int, results_file
 from fedbridge.errors import FedbridgeError
 from fedbridge.local import Recipe, local_update
 from fedbridge.reference import reference_update
@@ -273,9 +273,9 @@ def show(report: dict, console: Console) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 trials of 3 rounds, scaling to 100 clients: a smoke run")
-    parser.add_argument("--trials", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=15, help="timed rounds per trial (the loop at E=5 runs a third)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--trials", type=positive_int, default=3)
+    parser.add_argument("--rounds", type=positive_int, default=15, help="timed rounds per trial (the loop at E=5 runs a third)")
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections to run")
     parser.add_argument("--no-flower", action="store_true")
     parser.add_argument("--json", type=Path, default=Path("speed.json"))

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import entry
+from benchmarks import entry, positive_float, positive_int, results_file
 from fedbridge import detection
 from fedbridge.data.idx import load_dataset
 from fedbridge.engines import simulation
+from fedbridge.errors import FedbridgeError
 from fedbridge.experiment import validate
 from fedbridge.federation import build_federation
 
@@ -54,6 +55,10 @@ METHODS = {
     "fedper": {"name": "fedper"},
     "fedrep": {"name": "fedrep", "head_epochs": 1},
 }
+# what a line is the result of
+KEY = ("dataset", "partition", "seed", "method")
+# the options besides its key that change a line's numbers: lines differing in them are different experiments
+SETTINGS = ("rounds", "lr", "batch_size")
 
 
 def experiment(dataset: str, partition: str, strategy: dict | None, rounds: int, lr: float, batch_size: int):
@@ -70,13 +75,58 @@ def experiment(dataset: str, partition: str, strategy: dict | None, rounds: int,
     })
 
 
+def read_lines(path: Path, flag: str) -> list[dict]:
+    """The results lines in `path`; a file that cannot be read or was not written by this benchmark is
+    an error naming `flag`."""
+    try:
+        with path.open() as f:
+            texts = [t for t in f if t.strip()]
+    except OSError as e:
+        raise FedbridgeError(f"{flag}: cannot read {path} ({e.strerror}); pass a results file of this benchmark") from None
+    lines = []
+    for number, text in enumerate(texts, 1):
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:
+            line = None
+        if not isinstance(line, dict) or not set(KEY) <= line.keys():
+            raise FedbridgeError(f"{flag}: {path} line {number} is not a results line of this benchmark; "
+                                 "pass a file it wrote, or remove the line")
+        lines.append(line)
+    return lines
+
+
+def key(line: dict) -> tuple:
+    return tuple(line[k] for k in KEY)
+
+
+def settings(line: dict) -> tuple:
+    # lines written before lr and batch_size were recorded read as None: unlike any new run
+    return tuple(line.get(k) for k in SETTINGS)
+
+
+def describe(setting: tuple) -> str:
+    return ", ".join(f"{name.replace('_', ' ')} {'unrecorded' if value is None else value}" for name, value in zip(SETTINGS, setting))
+
+
+def done_before(out: Path, args) -> set[tuple]:
+    """The keys of the lines already in `out`, whose settings must be this run's: appending other
+    settings would mix two experiments in one file, and resuming would skip runs it never made."""
+    if not out.exists():
+        return set()
+    lines = read_lines(out, "--out")
+    ours = settings(vars(args))
+    if other := {settings(r) for r in lines} - {ours}:
+        raise FedbridgeError(
+            f"--out {out} holds results run with {'; '.join(map(describe, sorted(other, key=str)))}, "
+            f"not this run's {describe(ours)}: choose another --out, or the same settings to resume it")
+    return {key(r) for r in lines}
+
+
 def run(args) -> None:
     torch.set_num_threads(1)  # the machine is shared; one thread per benchmark process
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if out.exists():
-        done = {(r["dataset"], r["partition"], r["seed"], r["method"]) for r in map(json.loads, out.open())}
+    out = results_file(args.out, "--out")
+    done = done_before(out, args)
     for seed in range(args.seeds):
         for dataset in args.datasets:
             data = load_dataset(dataset, args.data_dir)
@@ -98,7 +148,7 @@ def run(args) -> None:
                     noisy = [c.profile != "clean" for c in federation.clients]
                     line = {
                         "dataset": dataset, "partition": partition, "seed": seed, "method": method,
-                        "rounds": args.rounds, "seconds": time.perf_counter() - start,
+                        **{k: getattr(args, k) for k in SETTINGS}, "seconds": time.perf_counter() - start,
                         "own": {c.index + 1: None for c in federation.clients},
                         "profiles": {c.index + 1: c.profile for c in federation.clients},
                         "auc": detection.auc_by_round(history, noisy),
@@ -123,9 +173,22 @@ def _pm(values: list[float]) -> str:
     return f"{100 * mean:.1f} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{100 * mean:.1f}"
 
 
+def one_setting(lines: list[dict], paths: list[Path]) -> tuple:
+    """The settings all `lines` share: a table of several would put different experiments side by side."""
+    found = {settings(r) for r in lines}
+    names = ", ".join(map(str, paths))
+    if not found:
+        raise FedbridgeError(f"--table: {names} hold no results; pass a file this benchmark has written to")
+    if len(found) > 1:
+        raise FedbridgeError(f"--table: {names} mix results run with {'; '.join(map(describe, sorted(found, key=str)))}; "
+                             "summarise one experiment at a time")
+    return found.pop()
+
+
 def table(paths: list[Path]) -> str:
-    lines = [json.loads(x) for path in paths for x in path.open()]
-    by = {(r["dataset"], r["partition"], r["seed"], r["method"]): r for r in lines}
+    lines = [line for path in paths for line in read_lines(path, "--table")]
+    setting = one_setting(lines, paths)
+    by = {key(r): r for r in lines}
     scenarios = sorted({(r["dataset"], r["partition"]) for r in lines})
     methods = [m for m in METHODS if any(r["method"] == m for r in lines)]
     out = []
@@ -136,8 +199,7 @@ def table(paths: list[Path]) -> str:
         for c, p in profiles.items():
             if p != "clean":
                 groups[p].append(c)
-        rounds = lines[0]["rounds"]
-        out.append(f"\n**{dataset}, {partition}** ({rounds} rounds, seeds {', '.join(map(str, seeds))}; accuracy %, mean ± std over seeds)\n")
+        out.append(f"\n**{dataset}, {partition}** ({describe(setting)}, seeds {', '.join(map(str, seeds))}; accuracy %, mean ± std over seeds)\n")
         out.append("| strategy | clean test | mean client, own test | worst client, own test | "
                    + " | ".join(f"gain over alone: {p}" for p in groups) + " |")
         out.append("|---" * (4 + len(groups)) + "|")
@@ -173,14 +235,14 @@ def table(paths: list[Path]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", type=Path, nargs="+", help="summarise results files instead of running")
-    parser.add_argument("--out", default="benchmarks/results/strategies.jsonl")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/strategies.jsonl"))
     parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
     parser.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=list(PARTITIONS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seeds", type=positive_int, default=3)
+    parser.add_argument("--rounds", type=positive_int, default=10)
+    parser.add_argument("--lr", type=positive_float, default=0.1)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--data-dir", type=Path)
     args = parser.parse_args()
     if args.table:

@@ -1,13 +1,17 @@
 """The benchmarks' own error handling (the benchmarks themselves run outside the test run)."""
 
+import argparse
+import json
+import re
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent))  # the benchmarks package sits beside src/, not installed
 
-from benchmarks import entry, results_file  # noqa: E402
+from benchmarks import entry, flower_round, job, mcmahan, positive_int, results_file, speed, strategies  # noqa: E402
 from fedbridge.errors import DataError, FedbridgeError  # noqa: E402
 
 
@@ -37,3 +41,96 @@ def test_an_unwritable_results_file_is_refused_before_the_run(tmp_path):
         results_file(blocker / "speed.json")
     with pytest.raises(FedbridgeError, match=r"cannot write the results file .*--json"):
         results_file(tmp_path)  # a folder, not a file
+
+
+# --- bad input: a message naming the flag and a non-zero exit, never a traceback ---------------------
+
+def run_main(module, monkeypatch, *args) -> int:
+    """A benchmark's `python -m` entry point with `args`; its exit code."""
+    monkeypatch.setattr(sys, "argv", [module.__name__, *map(str, args)])
+    with pytest.raises(SystemExit) as exited:
+        entry(module.main)
+    return exited.value.code
+
+
+@pytest.mark.parametrize("module, flag, value", [
+    (speed, "--trials", "0"), (speed, "--trials", "-1"), (speed, "--rounds", "0"), (speed, "--threads", "0"),
+    (mcmahan, "--seed", "-1"), (mcmahan, "--threads", "0"),
+    (job, "--clients", "0"), (job, "--epochs", "0"), (job, "--fraction", "-5"), (job, "--fraction", "1.5"),
+    (job, "--lr", "-1"), (job, "--lr", "inf"), (job, "--rounds", "-3"), (job, "--threads", "-1"),
+    (flower_round, "--rounds", "0"), (flower_round, "--actors", "0"),
+    (strategies, "--seeds", "0"), (strategies, "--rounds", "0"), (strategies, "--lr", "nan"), (strategies, "--batch-size", "0"),
+])
+def test_out_of_range_options_are_refused_at_parse_time(module, flag, value, monkeypatch, capsys):
+    assert run_main(module, monkeypatch, flag, value) == 2
+    assert f"error: argument {flag}: expected " in capsys.readouterr().err
+
+
+def test_counts_take_whole_numbers_of_one_or_more():
+    assert positive_int("3") == 3
+    for bad in ("0", "2.5", "three"):
+        with pytest.raises(argparse.ArgumentTypeError, match="a whole number of 1 or more"):
+            positive_int(bad)
+
+
+def test_flower_round_without_flower_says_how_to_install_it(monkeypatch, capsys):
+    for name in [m for m in sys.modules if m == "flwr" or m.startswith(("flwr.", "benchmarks.flower_apps"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "flwr", None)  # what `import flwr` meets when Flower is not installed
+    assert run_main(flower_round, monkeypatch, "--rounds", "1") == 1
+    assert "install it with: pip install -e '.[flower]'" in capsys.readouterr().err
+
+
+def results_line(dataset="digits", seed=0, method="local", rounds=1, lr=0.1, batch_size=64) -> str:
+    return json.dumps({"dataset": dataset, "partition": "iid", "seed": seed, "method": method,
+                       "rounds": rounds, "lr": lr, "batch_size": batch_size}) + "\n"
+
+
+# each case names a file `--out`: a folder holding it, or its contents
+@pytest.mark.parametrize("out, make, expected", [
+    ("file/x.jsonl", lambda p: p.parent.write_text(""), r"cannot write the results file .*file/x.jsonl .*--out"),
+    ("dir", lambda p: p.mkdir(), r"cannot write the results file .*dir \(it is a folder\); pass a writable path with --out"),
+    ("x.jsonl", lambda p: p.write_text(results_line(rounds=2)),
+     r"--out .*x.jsonl holds results run with rounds 2, lr 0.1, batch size 64, "
+     r"not this run's rounds 1, lr 0.1, batch size 64: choose another --out, or the same settings"),
+    ("x.jsonl", lambda p: p.write_text(results_line() + "{truncated\n"), r"--out: .*x.jsonl line 2 is not a results line"),
+])
+def test_strategies_refuses_an_unusable_out_before_loading_data(out, make, expected, tmp_path, monkeypatch, capsys):
+    make(tmp_path / out)
+    # loading `nope` would fail with another message: the --out was checked first
+    assert run_main(strategies, monkeypatch, "--out", tmp_path / out, "--rounds", 1, "--datasets", "nope") == 1
+    assert re.search(expected, capsys.readouterr().err)
+
+
+def test_strategies_table_refuses_a_missing_file_and_mixed_settings(tmp_path, monkeypatch, capsys):
+    assert run_main(strategies, monkeypatch, "--table", tmp_path / "missing.jsonl") == 1
+    assert "--table: cannot read" in capsys.readouterr().err
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(results_line(method="local") + results_line(method="fedavg", lr=0.05))
+    assert run_main(strategies, monkeypatch, "--table", mixed) == 1
+    err = capsys.readouterr().err
+    assert "mix results run with rounds 1, lr 0.05, batch size 64; rounds 1, lr 0.1, batch size 64" in err
+    assert "summarise one experiment at a time" in err
+
+
+@pytest.fixture
+def threads():
+    """strategies.run sets one thread for its process: give the test process its own back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_strategies_records_its_settings_and_resumes_only_the_same_experiment(tmp_path, monkeypatch, capsys, threads):
+    out = tmp_path / "s.jsonl"
+    tiny = ["--datasets", "digits", "--partitions", "iid", "--methods", "local", "--seeds", 1, "--rounds", 1, "--out", out]
+    monkeypatch.setattr(sys, "argv", ["strategies", *map(str, tiny)])
+    strategies.main()
+    [line] = [json.loads(x) for x in out.read_text().splitlines()]
+    assert (line["rounds"], line["lr"], line["batch_size"]) == (1, 0.1, 64)
+    strategies.main()  # the same settings: resumed, nothing left to run
+    assert out.read_text().count("\n") == 1
+    assert run_main(strategies, monkeypatch, *tiny, "--batch-size", 32) == 1
+    assert "holds results run with rounds 1, lr 0.1, batch size 64" in capsys.readouterr().err
+    assert out.read_text().count("\n") == 1
+    assert "(rounds 1, lr 0.1, batch size 64, seeds 0;" in strategies.table([out])
