@@ -151,17 +151,28 @@ def test_a_diverged_method_is_flagged_under_the_table(tmp_path):
         {"seed": 0, "method": "fedavg"}, {"seed": 0, "method": "local"}]
 
 
-@pytest.mark.parametrize("summary", [
-    {"table": "x"}, {"methods": None}, {"table": [{"client": 1}]}, [1, 2],
+GOOD_SUMMARY = {
+    "name": "n", "dataset": "mnist", "data_source": "s", "data_note": None, "seeds": [0], "rounds": 1,
+    "methods": ["fedavg"], "strategy": "fedavg", "seconds_per_method": {"fedavg": 1.0}, "versions": {"torch": "2"},
+    "table": [{"client": 1, "profile": "clean", "method": "fedavg", "test_set": "own", "accuracy_mean": 0.5,
+               "accuracy_std": 0.0, "n_seeds": 1}],
+    "detection": {"fedavg": {"loss": {"auc_by_round": [0.5, None], "first": 0.5, "last": None, "reliable_from": None}}},
+    "diverged": [],
+}
+
+
+@pytest.mark.parametrize("change, where", [
+    ({"table": "x"}, "table"), ({"methods": None}, "methods"), ({"table": [{"client": 1}]}, "table.0"),
+    ({"seeds": []}, "seeds"), ({"rounds": "1"}, "rounds"), ({"detection": [1]}, "detection"),
+    ({"detection": {"fedavg": {"loss": 3}}}, "detection.fedavg.loss"), ({"diverged": 7}, "diverged"),
+    ({"diverged": [{"x": 1}]}, "diverged.0"), ({"versions": None}, "versions"), (None, "the whole file"),
 ])
-def test_show_names_a_damaged_summary_instead_of_failing_on_it(tmp_path, summary):
-    good = {"name": "n", "dataset": "mnist", "data_source": "s", "seeds": [0], "rounds": 1, "methods": ["fedavg"],
-            "strategy": "fedavg", "table": []}
-    (tmp_path / "summary.json").write_text(json.dumps({**good, **summary} if isinstance(summary, dict) else summary))
+def test_show_names_a_damaged_summary_instead_of_failing_on_it(tmp_path, change, where):
+    (tmp_path / "summary.json").write_text(json.dumps(GOOD_SUMMARY))
+    assert run("show", tmp_path).exit_code == 0
+    (tmp_path / "summary.json").write_text(json.dumps([1, 2] if change is None else {**GOOD_SUMMARY, **change}))
     result = run("show", tmp_path)
-    assert result.exit_code == 1 and "is not a fedbridge summary" in result.output
-    (tmp_path / "summary.json").write_text(json.dumps({**good, "seeds": []}))
-    assert "is not a fedbridge summary" in run("show", tmp_path).output
+    assert result.exit_code == 1 and f"is not a fedbridge summary ({where}" in result.output
 
 
 def test_show_on_a_sweep_says_how_to_see_it(tmp_path):

@@ -18,27 +18,11 @@ from pathlib import Path
 import tomli_w
 import torch
 
+from fedbridge import schema
 from fedbridge.errors import FedbridgeError
 
 CONFIG, METRICS, SUMMARY, WEIGHTS = "config.toml", "metrics.jsonl", "summary.json", "weights"
 CHECKPOINT = "checkpoint.pt"
-# what every metrics.jsonl record and summary.json table row holds (readers index them directly)
-RECORD_KEYS = {"seed": int, "method": str, "round": int, "client": int, "profile": str, "test_set": str,
-               "accuracy": float, "loss": float}
-ROW_KEYS = {"client": int, "profile": str, "method": str, "test_set": str, "accuracy_mean": float,
-            "accuracy_std": float, "n_seeds": int}
-SWEEP_ROW_KEYS = {"cell": dict, "client": int, "profile": str, "strategy": str, "quantity": str, "mean": float,
-                  "std": float, "n_seeds": int}
-
-
-def _is_shaped(item, keys: dict[str, type]) -> bool:
-    # JSON has one kind of number, so an int where a float is expected is fine, and a bool is not a number
-    return isinstance(item, dict) and all(
-        isinstance(item.get(k), (int, float) if t is float else t) and not isinstance(item.get(k), bool)
-        for k, t in keys.items()
-    )
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -101,11 +85,13 @@ def read_metrics(run: Path) -> list[dict]:
         except json.JSONDecodeError:
             if number == len(lines):  # no newline after it: the write was cut, not the file corrupted
                 break
-            raise FedbridgeError(f"{path}, line {number}, is not JSON; the file was edited or damaged") from None
-        if not _is_shaped(record, RECORD_KEYS):
+            problem = "not JSON"
+        else:
+            problem = schema.record_problem(line)
+        if problem:
             raise FedbridgeError(
-                f"{path}, line {number}, is not a metrics record (it needs {', '.join(RECORD_KEYS)}); "
-                "the file was edited or damaged"
+                f"{path}, line {number}, is not a metrics record ({problem}); the file was edited or damaged: "
+                "restore it from a copy, or re-run the study into a new --out"
             )
         records.append(record)
     return records
@@ -158,28 +144,18 @@ def read_summary(run: Path) -> dict:
                 if (Path(run) / METRICS).exists() else "is it a run directory?")
         raise FedbridgeError(f"{path} does not exist ({hint}); `fedbridge run` writes it when a run finishes")
     try:
-        summary = json.loads(path.read_text())
+        text = path.read_text()
+        summary = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError):
         summary = None
-    if not _is_summary(summary):
+    sweep = isinstance(summary, dict) and "grid" in summary
+    problem = "not JSON" if summary is None else schema.summary_problem(text, sweep)
+    if problem:
         raise FedbridgeError(
-            f"{path} is not a fedbridge summary (unreadable, or without the table, methods, seeds, ... that "
-            "`fedbridge run` writes); it was edited or damaged: re-run the study into a new --out"
+            f"{path} is not a fedbridge summary ({problem}); it was edited or damaged: re-run the study into a "
+            "new --out"
         )
     return summary
-
-
-def _is_summary(summary) -> bool:
-    """A run's summary.json (as `write_summary` gets it from study.summarize) or a sweep's (from
-    sweep.summarize_sweep, which has a grid), with what the tables and reports read from it."""
-    if not (isinstance(summary, dict) and isinstance(summary.get("seeds"), list) and summary["seeds"]
-            and isinstance(summary.get("rounds"), int) and isinstance(summary.get("table"), list)
-            and all(isinstance(summary.get(k), str) for k in ("name", "dataset", "data_source"))):
-        return False
-    if "grid" in summary:
-        return isinstance(summary["grid"], list) and all(_is_shaped(r, SWEEP_ROW_KEYS) for r in summary["table"])
-    return (isinstance(summary.get("methods"), list) and isinstance(summary.get("strategy"), str)
-            and all(_is_shaped(r, ROW_KEYS) for r in summary["table"]))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -86,6 +86,8 @@ def summarize(
         "methods": exp.methods,
         "strategy": exp.strategy.name,
         "seconds_per_method": {m: results.mean_std(s)[0] for m, s in seconds.items() if s},
+        # float32 sums inside the kernels run in another order on another thread count
+        "threads": torch.get_num_threads(),
         "versions": {"fedbridge": fedbridge.__version__, "torch": torch.__version__, "python": platform.python_version()},
         "table": results.table(final),
         "diverged": [{"seed": s, "method": m} for s, m in sorted(

@@ -134,7 +134,7 @@ class Candidate:
         if self.checked:
             parts += [f"{self.found[f].name} FAILS: {why}" for f, why in self.problems.items()]
             if not self.problems and self.found:
-                parts.append("all verify")
+                parts.append("those found verify" if missing else "all verify")
         return f"{head}: " + "; ".join(parts)
 
 

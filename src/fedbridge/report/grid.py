@@ -11,7 +11,7 @@ def interval(row: dict | None, signed: bool = False) -> str:
         return "–"
     fmt = "{:+.1f}" if signed else "{:.1f}"
     text = fmt.format(100 * row["mean"])
-    if row["n_seeds"] > 1:
+    if row["ci_low"] is not None and row["ci_high"] is not None:
         low, high = (fmt.format(100 * row[k]) for k in ("ci_low", "ci_high"))
         text += f" ± {100 * row['std']:.1f} [{low}, {high}]"
     return text

@@ -119,8 +119,8 @@ def run_page(run: Path, summary: dict, data_dir: Path | None) -> str:
     metrics = results.read_metrics(run)
     exp = load_run_experiment(run)
     strategy, seeds = summary["strategy"], summary["seeds"]
-    profiles = {r["client"]: r["profile"] for r in summary["table"]}
     final = [r for r in metrics if r["round"] == summary["rounds"]]
+    profiles = {r["client"]: r["profile"] for r in [*final, *summary["table"]]}
     spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
     sections = [
         section("What joining the federation changed", terminal_table(lambda console: render(summary, console)),

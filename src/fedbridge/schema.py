@@ -1,0 +1,114 @@
+"""What a run directory's JSON holds: the lines of metrics.jsonl and a run's or a sweep's
+summary.json. The readers (tables, reports, sweeps, resume) index these directly, so a file edited
+or damaged by hand is caught here, by its shape, instead of as a KeyError deep in a report.
+"""
+
+from typing import Annotated, Any
+
+from pydantic import Field, TypeAdapter, ValidationError
+from typing_extensions import NotRequired, TypedDict  # pydantic needs this TypedDict before Python 3.12
+
+
+Seeds = Annotated[list[int], Field(min_length=1)]  # the tables caption "seed N" from the first
+
+
+class Record(TypedDict):
+    """One line of metrics.jsonl: one client's model on one test set after one round."""
+
+    seed: int
+    method: str
+    round: int
+    client: int
+    profile: str
+    test_set: str  # "own", "clean" or "client:N"
+    accuracy: float
+    loss: float
+
+
+class Row(TypedDict):
+    client: int
+    profile: str
+    method: str
+    test_set: str
+    accuracy_mean: float
+    accuracy_std: float
+    n_seeds: int
+
+
+class Detection(TypedDict):
+    auc_by_round: list[float | None]
+    first: float | None
+    last: float | None
+    reliable_from: int | None
+
+
+class Diverged(TypedDict):
+    seed: int
+    method: str
+
+
+class RunSummary(TypedDict):
+    name: str
+    dataset: str
+    data_source: str
+    data_note: str | None
+    seeds: Seeds
+    rounds: int
+    methods: list[str]
+    strategy: str
+    seconds_per_method: dict[str, float]
+    versions: dict[str, str]
+    threads: NotRequired[int]  # absent in runs made before it was recorded
+    table: list[Row]
+    detection: dict[str, dict[str, Detection]]
+    diverged: NotRequired[list[Diverged]]  # absent in runs made before it existed
+    left_out: NotRequired[list[dict[str, Any]]]  # `fedbridge deploy` only
+
+
+class SweepRow(TypedDict):
+    cell: dict[str, str]
+    client: int
+    profile: str
+    strategy: str
+    quantity: str  # "local", "federated" or "gain"
+    mean: float
+    std: float
+    ci_low: float | None  # None for one seed
+    ci_high: float | None
+    n_seeds: int
+
+
+class SweepSummary(TypedDict):
+    name: str
+    config: str
+    overrides: list[str]
+    grid: list[tuple[str, list[str]]]
+    seeds: Seeds
+    rounds: int
+    dataset: str
+    data_source: str
+    table: list[SweepRow]
+
+
+_RECORD, _RUN, _SWEEP = TypeAdapter(Record), TypeAdapter(RunSummary), TypeAdapter(SweepSummary)
+
+
+def record_problem(line: str) -> str | None:
+    """Why a line of metrics.jsonl is not a record, or None."""
+    return _problem(_RECORD, line)
+
+
+def summary_problem(text: str, sweep: bool) -> str | None:
+    """Why the text of a summary.json is not a run's (or with `sweep`, a sweep's) summary, or None."""
+    return _problem(_SWEEP if sweep else _RUN, text)
+
+
+def _problem(adapter: TypeAdapter, text: str) -> str | None:
+    # strict, from the JSON text itself: a string is not a number and true is not 1, while a JSON
+    # array still fills a tuple and NaN (a diverged loss) is still a number
+    try:
+        adapter.validate_json(text, strict=True)
+    except ValidationError as e:
+        first = e.errors()[0]
+        return f"{'.'.join(map(str, first['loc'])) or 'the whole file'}: {first['msg']}"
+    return None
