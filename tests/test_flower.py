@@ -158,6 +158,9 @@ def test_flwr_run_on_flowers_simulation_runtime(tmp_path):
     (["--nodes", "3"], "use --nodes 2"),
     (["--set", "strategy.name=fedprox"], "'fedprox' needs client-side steps"),
     (["--set", "strategy.name=fedper"], "'fedper' needs client-side steps or per-client models"),
+    (["--round-timeout", "nan"], "--round-timeout nan must be a finite number of seconds >= 1"),
+    (["--round-timeout", "inf"], "--round-timeout inf must be a finite number of seconds >= 1"),
+    (["--min-nodes", "3"], "--min-nodes 3 is more than the 2 nodes; use at most --min-nodes 2"),
 ])
 def test_deploy_refuses_what_it_cannot_run_before_starting_anything(tmp_path, args, message):
     out = tmp_path / "run"
