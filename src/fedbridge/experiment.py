@@ -16,7 +16,8 @@ from fedbridge.strategies.robust import trimmed_count
 
 
 # the engine computes in float32: a setting beyond its range becomes inf or 0 there (tau = 1e-46
-# divides by zero, alpha = 1e39 multiplies by inf), and a run ends at chance with NaN losses
+# divides by zero, alpha = 1e39 multiplies by inf), and a run ends at chance with NaN losses.
+# torch.finfo(torch.float32)'s max and tiny, written out so that reading a config needs no torch
 FLOAT32_MAX, FLOAT32_TINY = 3.4028234663852886e38, 1.1754943508222875e-38
 
 

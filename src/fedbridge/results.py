@@ -23,6 +23,8 @@ from fedbridge.errors import FedbridgeError
 
 CONFIG, METRICS, SUMMARY, WEIGHTS = "config.toml", "metrics.jsonl", "summary.json", "weights"
 CHECKPOINT = "checkpoint.pt"
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

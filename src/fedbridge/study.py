@@ -127,7 +127,8 @@ def restore(run: Path, exp: Experiment, seeds: list[int]) -> Position:
     finished = {pair for pair in pairs if results.weights_path(run, *pair).exists()}
     position = Position(finished=finished, seconds={m: [] for m in exp.methods})
     limit: dict[tuple[int, str], int] = {pair: exp.train.rounds for pair in finished}
-    if checkpoint is not None and checkpoint.get("config", config_fingerprint(exp)) != config_fingerprint(exp):
+    # a checkpoint from before fingerprints were kept has none, and is taken on trust
+    if checkpoint is not None and checkpoint.get("config") not in (None, config_fingerprint(exp)):
         raise ConfigError(
             f"{Path(run) / results.CONFIG} was changed after this run started, so its finished rounds do not "
             "belong to it; put the original back to resume, or start a new run with the changed config "
