@@ -161,6 +161,7 @@ def test_flwr_run_on_flowers_simulation_runtime(tmp_path):
     (["--round-timeout", "nan"], "--round-timeout nan must be a finite number of seconds >= 1"),
     (["--round-timeout", "inf"], "--round-timeout inf must be a finite number of seconds >= 1"),
     (["--min-nodes", "3"], "--min-nodes 3 is more than the 2 nodes; use at most --min-nodes 2"),
+    (["--connect-timeout", "inf"], "--connect-timeout inf must be a finite number of seconds >= 1"),
 ])
 def test_deploy_refuses_what_it_cannot_run_before_starting_anything(tmp_path, args, message):
     out = tmp_path / "run"

@@ -101,10 +101,12 @@ def run(
               help="Seconds to wait for the nodes' answers in a round before going on without the silent ones.")
 @click.option("--min-nodes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Fewer answering nodes than this and the run stops, keeping the finished rounds.")
+@click.option("--connect-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="Seconds to wait for every client's SuperNode to connect before the run stops.")
 @friendly
 def deploy(
     config: Path, nodes: int | None, tls: bool, overrides: tuple[str, ...], seeds: int | None, out: Path | None,
-    data_dir: Path | None, round_timeout: float, min_nodes: int,
+    data_dir: Path | None, round_timeout: float, min_nodes: int, connect_timeout: float,
 ) -> None:
     """Run the study in CONFIG on Flower: a SuperLink and a SuperNode per client on this machine."""
     from fedbridge.report.table import render
@@ -114,7 +116,7 @@ def deploy(
     except ImportError as e:
         raise FedbridgeError(f"deploy needs Flower ({e}); install it with: pip install -e '.[flower]'") from None
     exp, out = _experiment(config, overrides, seeds, out, "-deploy")
-    faults = Faults(round_timeout=round_timeout, min_nodes=min_nodes)
+    faults = Faults(round_timeout=round_timeout, min_nodes=min_nodes, connect_timeout=connect_timeout)
     summary = deploy_study(exp, out, data_dir, stderr, nodes or exp.n_clients, tls, faults)
     render(summary, stdout)
     stdout.print(f"run directory: {out}")
