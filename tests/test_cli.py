@@ -170,6 +170,10 @@ GOOD_SUMMARY = {
 def test_show_names_a_damaged_summary_instead_of_failing_on_it(tmp_path, change, where):
     (tmp_path / "summary.json").write_text(json.dumps(GOOD_SUMMARY))
     assert run("show", tmp_path).exit_code == 0
+    # a run made before detection and divergence were recorded still shows
+    older = {k: v for k, v in GOOD_SUMMARY.items() if k not in ("detection", "diverged")}
+    (tmp_path / "summary.json").write_text(json.dumps(older))
+    assert run("show", tmp_path).exit_code == 0
     (tmp_path / "summary.json").write_text(json.dumps([1, 2] if change is None else {**GOOD_SUMMARY, **change}))
     result = run("show", tmp_path)
     assert result.exit_code == 1 and f"is not a fedbridge summary ({where}" in result.output

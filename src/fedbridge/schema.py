@@ -58,10 +58,11 @@ class RunSummary(TypedDict):
     strategy: str
     seconds_per_method: dict[str, float]
     versions: dict[str, str]
-    threads: NotRequired[int]  # absent in runs made before it was recorded
     table: list[Row]
-    detection: dict[str, dict[str, Detection]]
-    diverged: NotRequired[list[Diverged]]  # absent in runs made before it existed
+    # the next three are absent in runs made before they were recorded
+    threads: NotRequired[int]
+    detection: NotRequired[dict[str, dict[str, Detection]]]
+    diverged: NotRequired[list[Diverged]]
     left_out: NotRequired[list[dict[str, Any]]]  # `fedbridge deploy` only
 
 
