@@ -179,6 +179,12 @@ def test_show_names_a_damaged_summary_instead_of_failing_on_it(tmp_path, change,
     assert result.exit_code == 1 and f"is not a fedbridge summary ({where}" in result.output
 
 
+def test_show_on_an_unfinished_run_says_how_to_resume_it(tmp_path):
+    (tmp_path / "config.toml").write_text("")  # the first file a run writes
+    result = run("show", tmp_path)
+    assert result.exit_code == 1 and f"fedbridge run --resume {tmp_path}" in result.output
+
+
 def test_show_on_a_sweep_says_how_to_see_it(tmp_path):
     (tmp_path / "sweep.json").write_text("{}")
     result = run("show", tmp_path)

@@ -143,7 +143,7 @@ def read_summary(run: Path) -> dict:
     path = Path(run) / SUMMARY
     if not path.is_file():
         hint = (f"it is still running, or was interrupted: to continue it, fedbridge run --resume {run}"
-                if (Path(run) / METRICS).exists() else "is it a run directory?")
+                if (Path(run) / CONFIG).exists() else "is it a run directory?")
         raise FedbridgeError(f"{path} does not exist ({hint}); `fedbridge run` writes it when a run finishes")
     try:
         text = path.read_text()
