@@ -18,5 +18,7 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/fedbridge run configs/seed.toml --seeds 3 --set data.fallback=digits
 
+# the layering of docs/DESIGN.md first (import-linter's contract in pyproject.toml), then the tests
 test: $(VENV)/.installed $(VENV)/.flower
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -q

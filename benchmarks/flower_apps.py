@@ -16,9 +16,9 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.simulation import run_simulation
 
 from benchmarks import mcmahan_setup as setup
-from fedbridge.engines.simulation import STREAM_BATCHES
 from fedbridge.local import Recipe, client_generator
 from fedbridge.reference import reference_update
+from fedbridge.rounds import STREAM_BATCHES, initial_model
 
 SEED = 0
 
@@ -68,7 +68,7 @@ def server_app(model_name: str, epochs: int, rounds: int, lr: float, report: dic
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         model = setup.model_for(model_name)
-        initial = {n: p[0] for n, p in setup.initial_params(model, SEED).items()}
+        initial = {n: p[0] for n, p in initial_model(model, SEED).items()}
         strategy = TimedFedAvg(fraction_train=0.1, fraction_evaluate=0.0, min_available_nodes=100)
         began = time.perf_counter()
         result = strategy.start(

@@ -16,6 +16,7 @@ import torch
 
 from benchmarks import entry, fraction, mcmahan_setup as setup, positive_int
 from fedbridge.local import Recipe, local_update
+from fedbridge.rounds import initial_model
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
     fed = setup.federation(setup.load_mnist(), n_clients=args.clients)
     model = setup.model_for(args.model)
     recipe = Recipe("sgd", args.lr, 10, args.epochs)
-    params = setup.initial_params(model, 0)
+    params = initial_model(model, 0)
     seconds = []
     for r in range(1, args.rounds + 1):
         began = time.perf_counter()

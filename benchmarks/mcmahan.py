@@ -21,6 +21,7 @@ from rich.table import Table
 
 from benchmarks import entry, mcmahan_setup as setup, non_negative_int, positive_int, results_file
 from fedbridge.local import Recipe, local_update
+from fedbridge.rounds import initial_model
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def rounds_to_target(setting: Setting, fed: setup.McMahan, lr: float, cap: int, 
     """The first round whose global model reaches the target on the 10,000 test images (None if
     not within `cap` rounds), and the accuracy after every round."""
     model = setup.model_for(setting.model)
-    params = setup.initial_params(model, seed)
+    params = initial_model(model, seed)
     recipe = Recipe("sgd", lr, 10, setting.epochs)
     curve = []
     for r in range(1, cap + 1):

@@ -15,11 +15,11 @@ import torch
 
 from benchmarks import positive_float, positive_int
 from fedbridge.data import partition
-from fedbridge.data.idx import load_dataset
-from fedbridge.engines.simulation import STREAM_BATCHES, STREAM_INIT, sample_clients
+from fedbridge.data.datasets import load_dataset
+from fedbridge.rounds import STREAM_BATCHES, sample_clients
 from fedbridge.federation import to_float
 from fedbridge.local import Recipe, client_generator, evaluate
-from fedbridge.models import build_model, init_params
+from fedbridge.models import build_model
 from fedbridge.optim import Params
 from fedbridge.strategies.aggregate import weighted_mean
 
@@ -55,10 +55,6 @@ def federation(
     else:
         parts = partition.shards(labels.numpy(), n_clients, rng, shards_per_client=2, shard_size=samples // 2)
     return McMahan(images, labels, test_images, test_labels, [torch.from_numpy(np.sort(p)).long() for p in parts])
-
-
-def initial_params(model: torch.nn.Module, seed: int) -> Params:
-    return {n: p.unsqueeze(0) for n, p in init_params(model, client_generator(seed, STREAM_INIT)).items()}
 
 
 def fedavg_round(

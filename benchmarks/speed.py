@@ -42,6 +42,7 @@ from benchmarks import entry, mcmahan_setup as setup, positive_int, results_file
 from fedbridge.errors import FedbridgeError
 from fedbridge.local import Recipe, local_update
 from fedbridge.reference import reference_update
+from fedbridge.rounds import initial_model
 
 ROOT = Path(__file__).parent.parent
 SECTIONS = ("yardstick", "rounds", "cnn", "job", "scaling", "seed")
@@ -102,7 +103,7 @@ def time_rounds(method: str, fed, model_name: str, epochs: int, rounds: int) -> 
     """Median s/round over `rounds` FedAvg rounds, after one warm-up round."""
     update, threads = METHODS[method]
     model = setup.model_for(model_name)
-    params = setup.initial_params(model, 0)
+    params = initial_model(model, 0)
     recipe = Recipe("sgd", LR, 10, epochs)
     seconds = []
     before = torch.get_num_threads()

@@ -21,7 +21,8 @@ import torch
 
 from benchmarks import entry, positive_float, positive_int, results_file
 from fedbridge import detection
-from fedbridge.data.idx import load_dataset
+from fedbridge.strategies.diagnostics import SCORES
+from fedbridge.data.datasets import load_dataset
 from fedbridge.engines import simulation
 from fedbridge.errors import FedbridgeError
 from fedbridge.experiment import validate
@@ -138,20 +139,23 @@ def run(args) -> None:
                     exp = experiment(dataset, partition, METHODS[method], args.rounds, args.lr, args.batch_size)
                     federation = federation or build_federation(data, exp, seed)
                     final: dict = {}
+                    diagnostics: list = []
 
-                    def on_round(r, records, state):
-                        final.update(records=records, state=state)
+                    def on_round(r, records, reported, state):
+                        final.update(records=records)
+                        diagnostics.extend(reported)
 
                     start = time.perf_counter()
-                    simulation.train("local" if method == "local" else exp.strategy.name, federation, exp, seed, on_round)
-                    history = final["state"].extra.get("detection", {})
+                    simulation.train(exp.method("local" if method == "local" else exp.strategy.name), federation, exp,
+                                     seed, on_round)
                     noisy = [c.profile != "clean" for c in federation.clients]
                     line = {
                         "dataset": dataset, "partition": partition, "seed": seed, "method": method,
                         **{k: getattr(args, k) for k in SETTINGS}, "seconds": time.perf_counter() - start,
                         "own": {c.index + 1: None for c in federation.clients},
                         "profiles": {c.index + 1: c.profile for c in federation.clients},
-                        "auc": detection.auc_by_round(history, noisy),
+                        # "alone" reports losses too, but its detection is not what the table shows
+                        "auc": detection.auc_by_round(diagnostics, noisy, args.rounds) if method != "local" else {},
                     }
                     clean = []
                     for rec in final["records"]:
@@ -221,7 +225,7 @@ def table(paths: list[Path]) -> str:
     out.append("|---|---|---|---|---|")
     for dataset, partition in scenarios:
         runs = [r for r in lines if (r["dataset"], r["partition"], r["method"]) == (dataset, partition, "fedavg")]
-        for score in detection.SCORES:
+        for score in SCORES:
             curves = [r["auc"][score] for r in runs if score in r["auc"]]
             if not curves:
                 continue

@@ -1,13 +1,15 @@
 import pytest
 import torch
 
-from fedbridge.local import LocalResult
-from fedbridge.strategies import fedavg, local_only
+from fedbridge.strategies import local_only
 from fedbridge.strategies.aggregate import weighted_mean
+from fedbridge.strategies.api import ClientUpdates
+from fedbridge.strategies.fedavg import FEDAVG
 
 
-def _result(values):
-    return LocalResult({"w": torch.tensor(values)}, steps=torch.ones(len(values)), loss=torch.zeros(len(values)))
+def _trained(ids, weights, values):
+    k = len(values)
+    return ClientUpdates(torch.tensor(ids), torch.tensor(weights), {"w": torch.tensor(values)}, torch.ones(k), torch.zeros(k))
 
 
 def test_weighted_mean_of_three_tiny_updates():
@@ -18,17 +20,16 @@ def test_weighted_mean_of_three_tiny_updates():
 
 
 def test_fedavg_moves_global_to_the_sample_weighted_mean():
-    state = fedavg.init({"w": torch.tensor([[10.0]])}, n_clients=3)
-    ids = torch.tensor([0, 2])
-    start = fedavg.client_start(state, ids)
-    assert start["w"].tolist() == [[10.0], [10.0]]
-    new = fedavg.aggregate(state, ids, _result([[12.0], [6.0]]), torch.tensor([3.0, 1.0]))
+    state = FEDAVG.init({"w": torch.tensor([[10.0]])}, 3)
+    given = {}
+    FEDAVG.local(state, torch.tensor([0, 2]), lambda start, adjust=None, **how: given.update(start=start))
+    assert given["start"]["w"].tolist() == [[10.0], [10.0]]
+    new, _ = FEDAVG.aggregate(state, _trained([0, 2], [3.0, 1.0], [[12.0], [6.0]]))
     assert new.params["w"].item() == pytest.approx((3 * 12 + 6) / 4)
 
 
 def test_local_only_keeps_each_clients_own_model():
     state = local_only.init({"w": torch.tensor([[0.0]])}, n_clients=3)
-    ids = torch.tensor([0, 2])
-    new = local_only.aggregate(state, ids, _result([[1.0], [3.0]]), torch.tensor([5.0, 1.0]))
+    new, _ = local_only.aggregate(state, _trained([0, 2], [5.0, 1.0], [[1.0], [3.0]]))
     assert new.params["w"].flatten().tolist() == [1.0, 0.0, 3.0]
     assert new.model_for(2)["w"].tolist() == [[3.0]]

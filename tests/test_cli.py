@@ -102,10 +102,10 @@ def test_show_on_something_that_is_not_a_run(tmp_path):
 
 def test_missing_dataset_names_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.delenv("FEDBRIDGE_DATA", raising=False)
-    monkeypatch.setattr("fedbridge.data.idx.SYSTEM_DIR", tmp_path / "system")
-    monkeypatch.setattr("fedbridge.data.idx.DATASETS", {
+    monkeypatch.setattr("fedbridge.data.sources.SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr("fedbridge.data.catalog.DATASETS", {
         name: spec.__class__(**{**spec.__dict__, "mirrors": ()}) for name, spec in
-        __import__("fedbridge.data.idx", fromlist=["DATASETS"]).DATASETS.items()})
+        __import__("fedbridge.data.catalog", fromlist=["DATASETS"]).DATASETS.items()})
     result = run("run", CONFIGS / "seed.toml", "--data-dir", tmp_path / "empty", "--out", tmp_path / "run")
     assert result.exit_code == 1
     assert "FEDBRIDGE_DATA" in result.output and str(tmp_path / "empty") in result.output

@@ -1,4 +1,4 @@
-"""Tests for fedbridge.data.idx: IDX parsing, verification, search order, cache and download.
+"""Tests for loading IDX datasets (fedbridge.data): IDX parsing, verification, search order, cache and download.
 
 Most tests use a tiny fake "mnist" (4 train / 2 test images of 2x3 pixels) with DATASETS patched
 to its MD5s, so every expected value can be checked by hand. The integration tests at the end
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedbridge.data import idx
+from fedbridge.data import catalog, datasets, idx, sources
 from fedbridge.errors import DataError
 
 REAL_DATA = os.environ.get("FEDBRIDGE_DATA")
@@ -56,7 +56,7 @@ def write_fake(folder: Path, *, gz: bool = True, content: dict[str, bytes] = CON
     return folder
 
 
-def assert_is_fake(ds: idx.Dataset) -> None:
+def assert_is_fake(ds: datasets.Dataset) -> None:
     assert ds.name == "mnist"
     np.testing.assert_array_equal(ds.train_images, ARRAYS[TRAIN_IMAGES])
     np.testing.assert_array_equal(ds.test_images, ARRAYS[TEST_IMAGES])
@@ -69,17 +69,17 @@ def isolated(tmp_path, monkeypatch):
     """No test sees the user's cache, FEDBRIDGE_DATA or /usr/share/datasets."""
     monkeypatch.setenv("FEDBRIDGE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("FEDBRIDGE_DATA", raising=False)
-    monkeypatch.setattr(idx, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(sources, "SYSTEM_DIR", tmp_path / "system")
 
 
 @pytest.fixture
 def fake(monkeypatch):
     """Make "mnist" mean the fake dataset: its MD5s, and no mirrors unless a test sets some."""
-    spec = dataclasses.replace(idx.DATASETS["mnist"], md5={s: md5(d) for s, d in CONTENT.items()}, mirrors=())
-    monkeypatch.setitem(idx.DATASETS, "mnist", spec)
+    spec = dataclasses.replace(catalog.DATASETS["mnist"], md5={s: md5(d) for s, d in CONTENT.items()}, mirrors=())
+    monkeypatch.setitem(catalog.DATASETS, "mnist", spec)
 
     def set_mirrors(*mirrors: str) -> None:
-        monkeypatch.setitem(idx.DATASETS, "mnist", dataclasses.replace(spec, mirrors=mirrors))
+        monkeypatch.setitem(catalog.DATASETS, "mnist", dataclasses.replace(spec, mirrors=mirrors))
 
     return set_mirrors
 
@@ -150,7 +150,7 @@ def test_wrong_md5_names_file_and_both_digests_and_does_not_fall_through(tmp_pat
     # A good copy later in the search order must not hide the bad one.
     monkeypatch.setenv("FEDBRIDGE_DATA", str(write_fake(tmp_path / "env" / "mnist")))
     with pytest.raises(DataError) as err:
-        idx.load_dataset("mnist", tmp_path / "given", download=False)
+        datasets.load_dataset("mnist", tmp_path / "given", download=False)
     message = str(err.value)
     assert str(tmp_path / "given" / "mnist" / f"{TRAIN_LABELS}.gz") in message
     assert md5(CONTENT[TRAIN_LABELS]) in message and md5(bad[TRAIN_LABELS]) in message
@@ -162,11 +162,11 @@ def test_search_order_data_dir_then_env_then_cache(tmp_path, monkeypatch, fake):
     env = write_fake(tmp_path / "env", gz=False)  # the dataset folder itself, not its parent
     monkeypatch.setenv("FEDBRIDGE_DATA", str(env))
 
-    ds = idx.load_dataset("mnist", tmp_path / "given")  # parent of mnist/
+    ds = datasets.load_dataset("mnist", tmp_path / "given")  # parent of mnist/
     assert_is_fake(ds)
     assert ds.source == f"{given} (--data-dir)"
 
-    ds = idx.load_dataset("mnist")
+    ds = datasets.load_dataset("mnist")
     assert_is_fake(ds)
     assert ds.source == f"{env} (FEDBRIDGE_DATA)"
 
@@ -174,14 +174,14 @@ def test_search_order_data_dir_then_env_then_cache(tmp_path, monkeypatch, fake):
     cache = tmp_path / "cache" / "mnist"
     assert {p.name for p in cache.iterdir()} == set(idx.FILES)
     monkeypatch.delenv("FEDBRIDGE_DATA")
-    ds = idx.load_dataset("mnist", download=False)
+    ds = datasets.load_dataset("mnist", download=False)
     assert_is_fake(ds)
     assert ds.source == f"{cache} (cache)"
 
 
 def test_system_folder_is_searched_last(tmp_path, fake):
     write_fake(tmp_path / "system" / "mnist")
-    ds = idx.load_dataset("mnist", download=False)
+    ds = datasets.load_dataset("mnist", download=False)
     assert_is_fake(ds)
     assert ds.source.endswith("(system)")
 
@@ -189,7 +189,7 @@ def test_system_folder_is_searched_last(tmp_path, fake):
 def test_nothing_found_and_no_download_lists_every_location(tmp_path, monkeypatch, fake):
     monkeypatch.setenv("FEDBRIDGE_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(DataError) as err:
-        idx.load_dataset("mnist", download=False)
+        datasets.load_dataset("mnist", download=False)
     message = str(err.value)
     for place in ("--data-dir: not given", "FEDBRIDGE_DATA", "cache", "system"):
         assert place in message
@@ -207,7 +207,7 @@ def test_a_given_folder_without_the_dataset_is_an_error_not_skipped(tmp_path, mo
     elif given == "a file":
         folder.write_text("not a folder")
     with pytest.raises(DataError) as err:
-        idx.load_dataset("mnist", folder, download=False)
+        datasets.load_dataset("mnist", folder, download=False)
     message = str(err.value)
     assert "--data-dir" in message and "FEDBRIDGE_DATA" in message  # where, and the fix
     if given == "partial":
@@ -221,7 +221,7 @@ def test_locate_reports_each_location_and_verification(tmp_path, monkeypatch, fa
     env = write_fake(tmp_path / "env" / "mnist")
     (env / f"{TEST_LABELS}.gz").write_bytes(gzip.compress(idx_bytes(np.array([9, 9], dtype=np.uint8))))
     monkeypatch.setenv("FEDBRIDGE_DATA", str(tmp_path / "env"))
-    found = idx.locate("mnist", tmp_path / "given")
+    found = sources.locate("mnist", tmp_path / "given")
     assert [c.where for c in found] == ["--data-dir", "FEDBRIDGE_DATA", "cache", "system"]
     assert found[0].ok
     assert not found[1].ok and list(found[1].problems) == [TEST_LABELS]
@@ -231,7 +231,7 @@ def test_locate_reports_each_location_and_verification(tmp_path, monkeypatch, fa
 
 def test_unknown_dataset_lists_known_names():
     with pytest.raises(DataError, match="mnist, fashion-mnist, digits"):
-        idx.load_dataset("cifar10")
+        datasets.load_dataset("cifar10")
 
 
 # --- cache ---------------------------------------------------------------------------------
@@ -243,7 +243,7 @@ def test_corrupt_cache_entry_is_reported_deleted_and_rebuilt(tmp_path, capsys, f
     entry.write_bytes(CONTENT[TRAIN_IMAGES][:-1] + b"\x99")  # same size, one pixel changed
     write_fake(tmp_path / "system" / "mnist")
 
-    ds = idx.load_dataset("mnist", download=False)
+    ds = datasets.load_dataset("mnist", download=False)
     assert_is_fake(ds)
     assert ds.source.endswith("(system)")
     assert str(entry) in capsys.readouterr().err
@@ -255,7 +255,7 @@ def test_truncated_cache_entry_is_never_used(tmp_path, capsys, fake):
     entry = cache / TEST_IMAGES
     entry.write_bytes(CONTENT[TEST_IMAGES][:5])
     with pytest.raises(DataError, match="not found"):
-        idx.load_dataset("mnist", download=False)
+        datasets.load_dataset("mnist", download=False)
     err = capsys.readouterr().err
     assert str(entry) in err and "truncated" in err
     assert not entry.exists()
@@ -270,14 +270,14 @@ def test_download_skips_404_mirror_then_caches(tmp_path, server, fake):
     (www / "empty").mkdir()
     fake(f"{base}empty/", f"{base}good/")
 
-    ds = idx.load_dataset("mnist", progress=False)
+    ds = datasets.load_dataset("mnist", progress=False)
     assert_is_fake(ds)
     cache = tmp_path / "cache" / "mnist"
     assert ds.source == f"{cache} (downloaded from {base}good/)"
     assert all((cache / stem).read_bytes() == data for stem, data in CONTENT.items())
 
     fake()  # no mirrors: the second load must come from the cache alone
-    assert idx.load_dataset("mnist", download=False).source == f"{cache} (cache)"
+    assert datasets.load_dataset("mnist", download=False).source == f"{cache} (cache)"
 
 
 def test_download_rejects_wrong_checksum_and_does_not_cache_it(tmp_path, server, fake):
@@ -286,7 +286,7 @@ def test_download_rejects_wrong_checksum_and_does_not_cache_it(tmp_path, server,
     write_fake(www / "bad", content=bad)
     fake(f"{base}bad/")
     with pytest.raises(DataError) as err:
-        idx.load_dataset("mnist", progress=False)
+        datasets.load_dataset("mnist", progress=False)
     message = str(err.value)
     assert f"{base}bad/{TEST_IMAGES}.gz" in message and "wrong checksum" in message
     assert md5(bad[TEST_IMAGES]) in message
@@ -296,7 +296,7 @@ def test_download_rejects_wrong_checksum_and_does_not_cache_it(tmp_path, server,
 
     write_fake(www / "good")
     fake(f"{base}bad/", f"{base}good/")
-    assert_is_fake(idx.load_dataset("mnist", progress=False))
+    assert_is_fake(datasets.load_dataset("mnist", progress=False))
 
 
 def test_unreachable_mirror_fails_fast_with_reason(fake):
@@ -306,7 +306,7 @@ def test_unreachable_mirror_fails_fast_with_reason(fake):
     fake(f"http://127.0.0.1:{port}/")
     start = time.monotonic()
     with pytest.raises(DataError) as err:
-        idx.load_dataset("mnist", progress=False)
+        datasets.load_dataset("mnist", progress=False)
     assert time.monotonic() - start < 5
     message = str(err.value)
     assert f"127.0.0.1:{port}" in message and "refused" in message.lower()
@@ -321,14 +321,14 @@ needs_real = pytest.mark.skipif(not REAL_DATA, reason="set FEDBRIDGE_DATA to the
 @pytest.mark.integration
 @needs_real
 def test_real_mnist_loads_and_caches_fast(monkeypatch, tmp_path):
-    ds = idx.load_dataset("mnist", Path(REAL_DATA), progress=False)
+    ds = datasets.load_dataset("mnist", Path(REAL_DATA), progress=False)
     assert ds.train_images.shape == (60000, 28, 28) and ds.test_images.shape == (10000, 28, 28)
     assert ds.train_images.dtype == np.uint8
     assert np.bincount(ds.train_labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert np.bincount(ds.test_labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
     start = time.monotonic()
-    cached = idx.load_dataset("mnist", download=False)
+    cached = datasets.load_dataset("mnist", download=False)
     assert time.monotonic() - start < 1.0
     assert cached.source.endswith("(cache)")
     np.testing.assert_array_equal(cached.train_images, ds.train_images)
@@ -338,14 +338,14 @@ def test_real_mnist_loads_and_caches_fast(monkeypatch, tmp_path):
 @needs_real
 def test_real_fashion_mnist_loads(monkeypatch):
     monkeypatch.setenv("FEDBRIDGE_DATA", REAL_DATA)
-    ds = idx.load_dataset("fashion-mnist", download=False)
+    ds = datasets.load_dataset("fashion-mnist", download=False)
     assert ds.train_images.shape == (60000, 28, 28) and ds.test_images.shape == (10000, 28, 28)
     assert np.bincount(ds.train_labels).tolist() == [6000] * 10
     assert np.bincount(ds.test_labels).tolist() == [1000] * 10
 
 
 def test_digits_loads():
-    ds = idx.load_dataset("digits")
+    ds = datasets.load_dataset("digits")
     assert ds.train_images.shape == (1437, 8, 8) and ds.test_images.shape == (360, 8, 8)
     assert ds.train_images.dtype == np.uint8 and ds.train_images.max() == 255
     assert ds.train_labels.dtype == np.int64 and len(ds.test_labels) == 360

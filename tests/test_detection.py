@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedbridge import detection
-from fedbridge.local import LocalResult
+from fedbridge.strategies import diagnostics
 
 
 def test_roc_auc_of_a_perfect_and_a_useless_score():
@@ -42,10 +42,16 @@ def test_reliable_from_is_the_round_after_which_auc_stays_high():
 
 def test_scores_flag_the_planted_outlier():
     updates = {"w": torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.9, 0.0], [-3.0, 3.0]])}
-    result = LocalResult(updates, torch.ones(4), torch.tensor([0.3, 0.2, 0.3, 2.0]))
-    scores = detection.client_scores(updates, result)
-    for name in detection.SCORES:
+    scores = diagnostics.client_scores(updates, torch.tensor([0.3, 0.2, 0.3, 2.0]))
+    for name in diagnostics.SCORES:
         assert scores[name].argmax().item() == 3, name
+
+
+def test_auc_by_round_reads_diagnostics_records():
+    # round 1: client 3 (noisy) scores highest of all three; round 2: only clients 1 and 2 were sampled
+    records = [{"seed": 0, "method": "fedavg", "round": r, "client": c, "scores": {"loss": v}}
+               for r, c, v in [(1, 1, 0.1), (1, 2, 0.2), (1, 3, 0.9), (2, 1, 0.5), (2, 2, 0.4)]]
+    assert detection.auc_by_round(records, [False, False, True], rounds=2) == {"loss": [1.0, None]}
 
 
 def test_summary_averages_seeds_per_round_and_skips_rounds_a_seed_could_not_score():

@@ -14,7 +14,7 @@ def test_seed_config_is_the_origin_study():
     assert isinstance(exp.partition, Sizes) and exp.partition.sizes == [30000, 30000]
     assert [p.label for p in exp.profiles] == ["clean", "gaussian(sigma=0.2)"]
     assert (exp.train.optimizer, exp.train.lr, exp.train.batch_size, exp.train.rounds) == ("adam", 1e-3, 64, 15)
-    assert exp.methods == ["local", "fedavg", "pooled"]
+    assert [m.name for m in exp.methods] == ["local", "fedavg", "pooled"]
 
 
 def test_overrides_reach_nested_keys_and_list_items():

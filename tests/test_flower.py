@@ -22,15 +22,16 @@ pytest.importorskip("flwr")  # the `flower` extra; `make test` installs it
 psutil = pytest.importorskip("psutil")
 
 from fedbridge.cli import main  # noqa: E402
-from fedbridge.data.idx import load_dataset  # noqa: E402
+from fedbridge.data.datasets import load_dataset  # noqa: E402
 from fedbridge.engines import simulation  # noqa: E402
 from fedbridge.engines.flower import certificates, channel  # noqa: E402
-from fedbridge.engines.flower.deploy import APP, Faults, flower_train  # noqa: E402
+from fedbridge.deploy import Faults, flower_train  # noqa: E402
+from fedbridge.engines.flower.submit import APP  # noqa: E402
 from fedbridge.engines.flower.processes import CONNECTION, cluster, flwr, start, stop, supernode_command  # noqa: E402
 from fedbridge.errors import FedbridgeError  # noqa: E402
 from fedbridge.experiment import load_experiment  # noqa: E402
 from fedbridge.federation import build_federation  # noqa: E402
-from fedbridge.study import resolved_config  # noqa: E402
+from fedbridge.resume import resolved_config  # noqa: E402
 
 pytestmark = pytest.mark.flower
 
@@ -58,7 +59,8 @@ def test_deploy_with_tls_gives_the_simulation_engines_weights_and_metrics(tmp_pa
 
     exp, federation = experiment()
     expected_records = []
-    expected = simulation.train("fedavg", federation, exp, 0, lambda r, records, state: expected_records.extend(records))
+    expected = simulation.train(exp.method("fedavg"), federation, exp, 0,
+                                lambda r, records, diagnostics, state: expected_records.extend(records))
     deployed = torch.load(out / "weights" / "seed0-fedavg.pt", weights_only=True)
     assert max_difference(deployed, expected) <= 1e-5
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -77,7 +79,7 @@ def test_dead_supernodes_are_left_out_then_the_run_stops_below_the_minimum(tmp_p
     seen: dict[int, set[int]] = {}
     with cluster(3, tmp_path) as running:
 
-        def on_round(r, records, state):
+        def on_round(r, records, diagnostics, state):
             seen[r] = {x["client"] for x in records}
             if r in (1, 2):
                 stop([running.nodes[3 - r]])  # after round 1 node 3 (client 3), after round 2 node 2
@@ -85,7 +87,7 @@ def test_dead_supernodes_are_left_out_then_the_run_stops_below_the_minimum(tmp_p
         # 40 s: a live node's first train reply took over 20 s on 2 cores busy with other jobs
         train = flower_train(running, Faults(round_timeout=40, min_nodes=2, connect_timeout=120))
         with pytest.raises(FedbridgeError, match=r"round 3, train: only 1 of 3 nodes answered") as stopped:
-            train("fedavg", federation, exp, exp.seed, on_round)
+            train(exp.method("fedavg"), federation, exp, exp.seed, on_round)
     # a dead node is either silent or reported by the SuperLink as unavailable; both are named
     assert "client 2" in str(stopped.value) and "client 3" in str(stopped.value)
     assert "rounds 1-2 are kept" in str(stopped.value)
@@ -150,7 +152,7 @@ def test_flwr_run_on_flowers_simulation_runtime(tmp_path):
     assert channel.read_end(out) == {"ok": True, "message": "", "left_out": []}
     rounds = channel.read_rounds(out, 0)
     assert [r.number for r in rounds] == [1, 2]
-    expected = simulation.train("fedavg", federation, exp, 0)
+    expected = simulation.train(exp.method("fedavg"), federation, exp, 0)
     assert max_difference(rounds[-1].state.params, expected) <= 1e-5
 
 
@@ -194,7 +196,7 @@ def test_nodes_train_on_their_own_idx_folders(tmp_path):
     records = []
     with cluster(2, tmp_path, data_folders=folders) as running:
         train = flower_train(running, Faults(round_timeout=120))
-        train("fedavg", federation, exp, exp.seed, lambda r, got, state: records.extend(got))
+        train(exp.method("fedavg"), federation, exp, exp.seed, lambda r, got, diagnostics, state: records.extend(got))
     assert {(r["client"], r["test_set"]) for r in records} == {
         (1, "own"), (2, "own"), (1, "clean"), (2, "clean"), (1, "client:2"), (2, "client:1")}
     # own test: 20% of the node's 300 images; clean: the folder's 100 test images

@@ -19,7 +19,8 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedbridge.engines.flower import channel, server_app  # noqa: E402
 from fedbridge.engines.flower.arrays import from_record  # noqa: E402
-from fedbridge.engines.flower.deploy import Faults, follow, left_out_lines  # noqa: E402
+from fedbridge.deploy import Faults, left_out_lines  # noqa: E402
+from fedbridge.engines.flower.submit import follow  # noqa: E402
 from fedbridge.engines.flower.processes import Cluster  # noqa: E402
 from fedbridge.engines.flower.replies import Expected, evaluate_expected, reply_problem, train_expected  # noqa: E402
 from fedbridge.engines.flower.server_app import Settings, limits_problem  # noqa: E402
@@ -260,7 +261,7 @@ def test_a_dead_supernode_fails_the_wait_for_the_nodes_at_once(tmp_path):
     superlink = types.SimpleNamespace(poll=lambda: None)  # still running
     running = Cluster("127.0.0.1:1", tmp_path, {}, superlink, [superlink, dead])
     with pytest.raises(FedbridgeError, match=r"SuperNode of client 2 \(partition-id=1\) exited \(code 3\)") as e:
-        follow(running, 1, tmp_path, lambda r, records, state: None, patience=60)
+        follow(running, 1, tmp_path, lambda r, records, diagnostics, state: None, patience=60)
     assert str(tmp_path / "supernode-1.log") in str(e.value)
 
 
@@ -270,10 +271,10 @@ def test_follow_hands_back_the_clients_the_run_left_out(tmp_path):
     back; client 2's node died after connecting, which only leaves it out of rounds."""
     missing = [{"round": 1, "step": "evaluate", "client": 2, "reason": "no answer within 30 s"}]
     channel.write_connected(tmp_path)
-    channel.write_round(tmp_path, 1, [{"round": 1, "client": 1}], ServerState({"w": torch.ones(1, 2)}, {}))
+    channel.write_round(tmp_path, 1, [{"round": 1, "client": 1}], [], ServerState({"w": torch.ones(1, 2)}, {}))
     channel.write_end(tmp_path, True, "", missing)
     alive, dead = types.SimpleNamespace(poll=lambda: None), types.SimpleNamespace(poll=lambda: 1, returncode=1)
     seen = []
     params, left_out = follow(Cluster("127.0.0.1:1", tmp_path, {}, alive, [alive, dead]), 1, tmp_path,
-                              lambda r, records, state: seen.append(r), patience=60)
+                              lambda r, records, diagnostics, state: seen.append(r), patience=60)
     assert seen == [1] and torch.equal(params["w"], torch.ones(1, 2)) and left_out == missing

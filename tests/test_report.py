@@ -110,7 +110,7 @@ def test_report_replaces_an_earlier_report_but_no_other_file(finished_run, tmp_p
 
 
 def test_report_to_a_directory_or_a_read_only_place_says_cannot_write(finished_run, tmp_path, monkeypatch):
-    from fedbridge import results
+    from fedbridge import files
 
     result = run("report", finished_run, "-o", tmp_path)
     assert result.exit_code == 1 and f"cannot write {tmp_path}: it is a directory; choose another -o" in result.output
@@ -118,7 +118,7 @@ def test_report_to_a_directory_or_a_read_only_place_says_cannot_write(finished_r
     def read_only(path, data):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(results, "atomic_write", read_only)
+    monkeypatch.setattr(files, "atomic_write", read_only)
     result = run("report", finished_run)
     assert result.exit_code == 1, result.output
     assert f"cannot write {finished_run / 'report.html'}: Read-only file system" in result.output

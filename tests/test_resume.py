@@ -62,8 +62,9 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
 
     assert results.read_metrics(out) == results.read_metrics(reference)
     for path in sorted((reference / "weights").iterdir()):
-        mine, theirs = torch.load(out / "weights" / path.name), torch.load(path)
-        assert all(torch.equal(mine[k], theirs[k]) for k in theirs), path.name
+        seed, method = path.stem.removeprefix("seed").split("-", 1)
+        mine, theirs = (results.load_weights(run, int(seed), method) for run in (out, reference))
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in theirs), path.name
     summary, expected = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
     assert summary["table"] == expected["table"]
     # the noisy-client detection curves come back from the checkpointed server state
@@ -107,3 +108,46 @@ def test_progress_is_plain_off_a_terminal_and_silent_when_quiet(tmp_path):
     assert "seed 0 · fedavg" in loud.output
     quiet = run("run", CONFIGS / "seed.toml", *tiny, "--out", tmp_path / "b", "--quiet")
     assert quiet.exit_code == 0 and quiet.output.strip() == f"run directory: {tmp_path / 'b'}"
+
+
+def test_a_run_interrupted_before_diagnostics_jsonl_existed_resumes_to_the_same_result(tmp_path):
+    # older fedbridge kept the detection scores in the checkpointed state ({score: [rounds, clients]},
+    # NaN where unsampled) and saved weights stacked [m, ...]; such a run resumes as if made today
+    from rich.console import Console
+
+    from fedbridge.engines import simulation
+    from fedbridge.experiment import load_experiment
+    from fedbridge.study import run_study
+
+    settings = [s for s in SMALL if s != "--set"] + ["clients.1.profile.sigma=0.5", "train.rounds=6"]
+    exp, _ = load_experiment(CONFIGS / "seed.toml", settings)
+    reference, old = tmp_path / "reference", tmp_path / "old"
+    run_study(exp, reference, None, Console(quiet=True), quiet=True)
+
+    def stopping(method, federation, exp, seed, on_round, **more):
+        def then_stop(r, records, diagnostics, state):
+            on_round(r, records, diagnostics, state)
+            if method.name == "fedavg" and r == 4:
+                raise KeyboardInterrupt
+        return simulation.train(method, federation, exp, seed, then_stop, **more)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(exp, old, None, Console(quiet=True), stopping, quiet=True)
+    checkpoint = results.load_checkpoint(old)
+    history = torch.full((4, 2), float("nan"))
+    scores = {}
+    for d in results.read_diagnostics(old):
+        if d["method"] == "fedavg":
+            for name, value in d["scores"].items():
+                scores.setdefault(name, history.clone())[d["round"] - 1, d["client"] - 1] = value
+    checkpoint["extra"] = {**checkpoint["extra"], "detection_clients": 2, "detection": scores}
+    results.save_checkpoint(old, checkpoint)
+    (old / results.DIAGNOSTICS).unlink()
+    local = results.load_weights(old, 0, "local")
+    torch.save(local, results.weights_path(old, 0, "local"))  # the old stacked layout
+
+    assert run("run", "--resume", old, "--quiet").exit_code == 0
+    assert (old / "metrics.jsonl").read_bytes() == (reference / "metrics.jsonl").read_bytes()
+    assert results.read_summary(old)["detection"] == results.read_summary(reference)["detection"]
+    assert sorted(map(json.dumps, results.read_diagnostics(old))) == sorted(
+        json.dumps(d) for d in results.read_diagnostics(reference) if d["method"] == "fedavg")

@@ -32,8 +32,8 @@ def _exp(strategy: dict, rounds: int = 2, clients: int = 3, fraction: float = 1.
 def _train(strategy: dict, rounds: int = 2, records: list | None = None):
     fed = _federation()
     exp = _exp(strategy, rounds)
-    keep = (lambda r, recs, state: records.extend(recs)) if records is not None else (lambda *a: None)
-    return train(exp.strategy.name, fed, exp, seed=0, on_round=keep)
+    keep = (lambda r, recs, diagnostics, state: records.extend(recs)) if records is not None else (lambda *a: None)
+    return train(exp.method(exp.strategy.name), fed, exp, seed=0, on_round=keep)
 
 
 def _same(a, b):
@@ -84,11 +84,16 @@ def test_ditto_with_huge_lambda_keeps_personal_models_near_the_global_one():
     assert spread(near) < spread(far)
 
 
-def test_detection_scores_are_recorded_every_round():
-    states = []
-    fed, exp = _federation(), _exp({"name": "fedavg"}, rounds=3)
-    train("fedavg", fed, exp, seed=0, on_round=lambda r, recs, state: states.append(state))
-    assert states[-1].extra["detection"]["loss"].shape == (3, 3)
+def test_diagnostics_are_reported_every_round_also_between_evaluations():
+    seen = []
+    fed = _federation()
+    exp = _exp({"name": "fedavg"}, rounds=3).model_copy(update={"eval": validate({
+        "clients": [{"count": 3}], "train": {"lr": 0.1, "batch_size": 8, "rounds": 3}, "eval": {"every": 2}}).eval})
+    train(exp.method("fedavg"), fed, exp, seed=0, on_round=lambda r, recs, diagnostics, state: seen.append((r, diagnostics)))
+    # evaluated at rounds 2 and 3; round 1's diagnostics come with round 2's call
+    assert [(r, [(d["round"], d["client"]) for d in ds]) for r, ds in seen] == [
+        (2, [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]), (3, [(3, 1), (3, 2), (3, 3)])]
+    assert set(seen[0][1][0]["scores"]) == {"loss", "update_norm", "disagreement"}
 
 
 @pytest.mark.parametrize(
@@ -119,8 +124,9 @@ def test_a_resumed_run_equals_an_uninterrupted_one(strategy):
     # everything the strategy remembers (moments, control variates, personal models) is in the state
     fed, exp = _federation(), _exp(strategy, rounds=3)
     states = {}
-    whole = train(exp.strategy.name, fed, exp, seed=0, on_round=lambda r, recs, state: states.update({r: state}))
-    resumed = train(exp.strategy.name, fed, exp, seed=0, resume=(1, states[1]))
+    method = exp.method(exp.strategy.name)
+    whole = train(method, fed, exp, seed=0, on_round=lambda r, recs, diagnostics, state: states.update({r: state}))
+    resumed = train(method, fed, exp, seed=0, resume=(1, states[1]))
     assert all(torch.equal(whole[n], resumed[n]) for n in whole)
 
 
@@ -129,7 +135,7 @@ def test_fedavg_as_a_baseline_beside_a_personal_strategy():
         "clients": [{"count": 3}], "strategy": {"name": "ditto"}, "baselines": ["pooled", "fedavg", "local"],
         "train": {"lr": 0.1, "batch_size": 8, "rounds": 1},
     })
-    assert exp.methods == ["local", "fedavg", "ditto", "pooled"]
+    assert [m.name for m in exp.methods] == ["local", "fedavg", "ditto", "pooled"]
     fed = _federation()
-    assert _same(train("fedavg", fed, exp, seed=0), _train({"name": "fedavg"}, rounds=1))
-    assert validate({**exp.model_dump(), "strategy": {"name": "fedavg"}}).methods == ["local", "fedavg", "pooled"]
+    assert _same(train(exp.method("fedavg"), fed, exp, seed=0), _train({"name": "fedavg"}, rounds=1))
+    assert [m.name for m in validate({**exp.model_dump(), "strategy": {"name": "fedavg"}}).methods] == ["local", "fedavg", "pooled"]

@@ -2,7 +2,6 @@
 
 import functools
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -40,12 +39,13 @@ def main() -> None:
 
 def _experiment(config: Path, overrides: tuple[str, ...], seeds: int | None, out: Path | None, tag: str):
     """The validated experiment (--seeds is one more override) and its run directory."""
+    from fedbridge.api import default_run_dir
     from fedbridge.experiment import load_experiment
 
     if seeds is not None:
         overrides = (*overrides, f"seeds={seeds}")
     exp, _ = load_experiment(config, list(overrides))
-    return exp, out or Path("runs") / f"{exp.name}{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return exp, out or default_run_dir(exp, tag)
 
 
 @main.command()
@@ -64,8 +64,8 @@ def run(
 ) -> None:
     """Run the study in CONFIG and print the per-client table."""
     from fedbridge.report.table import render
-    from fedbridge.results import SUMMARY, read_summary
-    from fedbridge.study import load_run_experiment, run_study
+    from fedbridge.results import SUMMARY, load_run_experiment, read_summary
+    from fedbridge.study import run_study
 
     if resume is not None:
         if config or overrides or seeds or out:
@@ -112,7 +112,7 @@ def deploy(
     from fedbridge.report.table import render
 
     try:
-        from fedbridge.engines.flower.deploy import Faults, deploy_study
+        from fedbridge.deploy import Faults, deploy_study
     except ImportError as e:
         raise FedbridgeError(f"deploy needs Flower ({e}); install it with: pip install -e '.[flower]'") from None
     exp, out = _experiment(config, overrides, seeds, out, "-deploy")
@@ -128,10 +128,9 @@ def deploy(
 def show(run_dir: Path) -> None:
     """Print the table of a finished run again."""
     from fedbridge.report.table import render
-    from fedbridge.results import read_summary
-    from fedbridge.sweep import SPEC
+    from fedbridge.results import SWEEP_SPEC, read_summary
 
-    if (run_dir / SPEC).is_file():
+    if (run_dir / SWEEP_SPEC).is_file():
         raise FedbridgeError(
             f"{run_dir} is a sweep, not a run: the same `fedbridge sweep` command prints its table again "
             f"(finished runs are not redone), and `fedbridge report {run_dir}` writes its HTML report"
@@ -200,7 +199,8 @@ def data() -> None:
 @friendly
 def check(data_dir: Path | None) -> None:
     """Say which datasets are found where, verified or not."""
-    from fedbridge.data.idx import DATASETS, locate
+    from fedbridge.data.catalog import DATASETS
+    from fedbridge.data.sources import locate
 
     missing = 0
     for name in DATASETS:

@@ -1,57 +1,18 @@
-"""Noisy-client detection: each round, a score per sampled client from what the server sees
-(higher = more likely noisy), and its ROC-AUC against the clients' true profiles.
+"""Noisy-client detection: how well each score a strategy reports per client and round
+(fedbridge.strategies.diagnostics: training loss, update norm, disagreement; higher = more likely
+noisy) finds the noisy clients, as ROC-AUC against the clients' true profiles.
 
-Scores:
-- loss: the client's mean training loss of the round (it starts from the global model);
-- update_norm: the L2 norm of its update;
-- disagreement: 1 - cosine similarity of its update with the coordinate-wise median update.
-`observed(strategy)` records them in ServerState.extra["detection"] ({score: [rounds, clients]},
-NaN where a client was not sampled), so they are checkpointed with the state and read in on_round.
-`summary` turns a run's curves into what a person reads: ROC-AUC at round 1 and at the end, and the
-round from which it stays reliable.
+Analysis only: it reads the diagnostics records a run keeps (diagnostics.jsonl). `summary` turns a
+run's curves into what a person reads: ROC-AUC at round 1 and at the end, and the round from which
+it stays reliable.
 """
 
 import math
 import statistics
-from dataclasses import replace
 
 import torch
-from fedbridge.local import LocalResult
-from fedbridge.optim import Params
-from fedbridge.strategies.aggregate import difference, flat, norms
-from fedbridge.strategies.api import ServerState, Strategy
-from fedbridge.strategies.robust import median
 
-SCORES = ("loss", "update_norm", "disagreement")
-
-
-def client_scores(updates: Params, result: LocalResult) -> dict[str, torch.Tensor]:
-    """Each score [K] for the K clients of one round."""
-    x = flat(updates)
-    centre = flat(median(updates, torch.ones(x.shape[0])))
-    cosine = torch.nn.functional.cosine_similarity(x, centre, dim=1)
-    return {"loss": result.loss, "update_norm": norms(updates), "disagreement": 1 - cosine}
-
-
-def observed(strategy: Strategy) -> Strategy:
-    """The same strategy, also recording every round's detection scores in the state."""
-
-    def aggregate(state: ServerState, ids: torch.Tensor, result: LocalResult, weights: torch.Tensor) -> ServerState:
-        scores = client_scores(difference(result.params, strategy.client_start(state, ids)), result)
-        new = strategy.aggregate(state, ids, result, weights)
-        n = state.extra["detection_clients"]
-        history = dict(state.extra.get("detection", {}))
-        for name, s in scores.items():
-            row = torch.full((1, n), math.nan)
-            row[0, ids] = s.float()
-            history[name] = torch.cat([history[name], row]) if name in history else row
-        return ServerState(params=new.params, extra={**new.extra, "detection": history})
-
-    def init(initial: Params, n_clients: int) -> ServerState:
-        state = strategy.init(initial, n_clients)
-        return ServerState(state.params, {**state.extra, "detection_clients": n_clients})
-
-    return replace(strategy, init=init, aggregate=aggregate)
+from fedbridge.schema import Diagnostic
 
 
 def roc_auc(scores: torch.Tensor, noisy: list[bool]) -> float | None:
@@ -85,8 +46,13 @@ def reliable_from(aucs: list[float | None], threshold: float = 0.9) -> int | Non
     return start
 
 
-def auc_by_round(history: dict[str, torch.Tensor], noisy: list[bool]) -> dict[str, list[float | None]]:
-    """Each score's ROC-AUC per round, from a state's detection history."""
+def auc_by_round(diagnostics: list[Diagnostic], noisy: list[bool], rounds: int) -> dict[str, list[float | None]]:
+    """Each score's ROC-AUC per round 1..rounds, from one (seed, method)'s diagnostics records."""
+    history: dict[str, torch.Tensor] = {}
+    for d in diagnostics:
+        for name, value in d["scores"].items():
+            rows = history.setdefault(name, torch.full((rounds, len(noisy)), math.nan))
+            rows[d["round"] - 1, d["client"] - 1] = value
     return {name: [roc_auc(row, noisy) for row in rows] for name, rows in history.items()}
 
 

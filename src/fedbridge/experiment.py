@@ -5,6 +5,8 @@ validates; every problem becomes a ConfigError naming the key, the bad value and
 """
 
 import tomllib
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -12,61 +14,45 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fedbridge.data import corrupt
 from fedbridge.errors import ConfigError
-from fedbridge.strategies.robust import trimmed_count
+from fedbridge.schema import LOCAL, POOLED
+from fedbridge.strategies import registry
+from fedbridge.strategies.api import Setup
+from fedbridge.strategies.fedavg import Config as FedAvg
+from fedbridge.strategies.registry import StrategyConfig
+from fedbridge.strict import Strict
 
 
-# the engine computes in float32: a setting beyond its range becomes inf or 0 there (tau = 1e-46
-# divides by zero, alpha = 1e39 multiplies by inf), and a run ends at chance with NaN losses.
-# torch.finfo(torch.float32)'s max and tiny, written out so that reading a config needs no torch
-FLOAT32_MAX, FLOAT32_TINY = 3.4028234663852886e38, 1.1754943508222875e-38
-
-
-class _Strict(BaseModel):
-    # inf passes every bound (lr > 0, mu >= 0, ...) and a run then ends at chance with NaN losses
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _within_float32(self) -> "_Strict":
-        for key, value in self:
-            if isinstance(value, float) and value and not FLOAT32_TINY <= abs(value) <= FLOAT32_MAX:
-                raise ValueError(
-                    f"{key} = {value:g} is beyond float32, in which training computes (magnitudes from "
-                    f"{FLOAT32_TINY:.2g} to {FLOAT32_MAX:.2g}, or 0)"
-                )
-        return self
-
-
-class Data(_Strict):
+class Data(Strict):
     name: Literal["mnist", "fashion-mnist", "digits"] = "mnist"
     dir: Path | None = None  # beats FEDBRIDGE_DATA
     # used only when `name` cannot be found: the study then runs on scikit-learn's digits and says so
     fallback: Literal["digits"] | None = None
 
 
-class IID(_Strict):
+class IID(Strict):
     name: Literal["iid"]
     samples_per_client: int | None = Field(default=None, gt=0)
 
 
-class Dirichlet(_Strict):
+class Dirichlet(Strict):
     name: Literal["dirichlet"]
     alpha: float = Field(gt=0)
     min_size: int = Field(default=10, ge=1)
 
 
-class Shards(_Strict):
+class Shards(Strict):
     name: Literal["shards"]
     shards_per_client: int = Field(default=2, ge=1)
     shard_size: int | None = Field(default=None, gt=0)
 
 
-class Quantity(_Strict):
+class Quantity(Strict):
     name: Literal["quantity"]
     alpha: float = Field(gt=0)
     min_size: int = Field(default=10, ge=1)
 
 
-class Sizes(_Strict):
+class Sizes(Strict):
     name: Literal["sizes"]
     sizes: list[Annotated[int, Field(gt=0)]]
 
@@ -103,12 +89,12 @@ class Profile(BaseModel):
         return f"{self.name}({args})" if args else self.name
 
 
-class ClientGroup(_Strict):
+class ClientGroup(Strict):
     count: int = Field(default=1, ge=1)
     profile: Profile = Profile(name="clean")
 
 
-class Train(_Strict):
+class Train(Strict):
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(gt=0)
     momentum: float = Field(default=0.0, ge=0, lt=1)
@@ -118,99 +104,12 @@ class Train(_Strict):
     client_fraction: float = Field(default=1.0, gt=0, le=1)
 
 
-# Strategies, each with its own typed parameters (see README "Strategies" and fedbridge.strategies)
-class FedAvg(_Strict):
-    name: Literal["fedavg"] = "fedavg"
-
-
-class FedAvgM(_Strict):
-    name: Literal["fedavgm"]
-    # server_lr / (1 - momentum) = 1: once momentum builds up, steps as long as FedAvg's (Hsu et al. 2019)
-    server_lr: float = Field(default=0.1, gt=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-
-
-class AdaptiveServer(_Strict):
-    """FedAdam, FedYogi, FedAdagrad (Reddi et al. 2021)."""
-
-    name: Literal["fedadam", "fedyogi", "fedadagrad"]
-    server_lr: float = Field(default=0.01, gt=0)
-    beta1: float = Field(default=0.9, ge=0, lt=1)
-    beta2: float = Field(default=0.99, ge=0, lt=1)
-    tau: float = Field(default=1e-3, gt=0)
-
-
-class FedProx(_Strict):
-    name: Literal["fedprox"]
-    mu: float = Field(default=0.01, ge=0)
-
-
-class Scaffold(_Strict):
-    name: Literal["scaffold"]
-    server_lr: float = Field(default=1.0, gt=0)
-
-
-class FedNova(_Strict):
-    name: Literal["fednova"]
-
-
-class Median(_Strict):
-    name: Literal["median"]
-
-
-class TrimmedMean(_Strict):
-    name: Literal["trimmed_mean"]
-    beta: float = Field(default=0.2, gt=0, lt=0.5)  # share trimmed at each end, per coordinate
-
-
-class Krum(_Strict):
-    name: Literal["krum"]
-    byzantine: int = Field(default=1, ge=0)  # clients per round assumed bad (Krum's f)
-    select: int = Field(default=1, ge=1)  # 1: Krum; more: Multi-Krum averages this many
-
-
-class Clipping(_Strict):
-    name: Literal["clipping"]
-    max_norm: float | None = Field(default=None, gt=0)  # unset: the round's median update norm
-
-
-class Quality(_Strict):
-    name: Literal["quality"]
-    alpha: float = Field(default=5.0, ge=0)  # weight n_k exp(-alpha * loss_k); 0 is FedAvg
-
-
-class FineTune(_Strict):
-    name: Literal["finetune"]
-    epochs: int = Field(default=1, ge=1)
-
-
-class Ditto(_Strict):
-    name: Literal["ditto"]
-    lam: float = Field(default=0.1, ge=0)  # Ditto's lambda: pull of the personal model to the global one
-
-
-class FedPer(_Strict):
-    name: Literal["fedper"]
-
-
-class FedRep(_Strict):
-    name: Literal["fedrep"]
-    head_epochs: int = Field(default=1, ge=1)
-
-
-StrategyConfig = Annotated[
-    Union[FedAvg, FedAvgM, AdaptiveServer, FedProx, Scaffold, FedNova, Median, TrimmedMean, Krum,
-          Clipping, Quality, FineTune, Ditto, FedPer, FedRep],
-    Field(discriminator="name"),
-]
-
-
-class Eval(_Strict):
+class Eval(Strict):
     every: int = Field(default=1, ge=1)  # rounds between evaluations; the last round always counts
     cross_clients: bool = True  # final models on every other client's own test data
 
 
-class Experiment(_Strict):
+class Experiment(Strict):
     name: str = "experiment"
     seed: int = Field(default=0, ge=0)
     seeds: int = Field(default=1, ge=1)
@@ -235,11 +134,32 @@ class Experiment(_Strict):
         return [g.profile for g in self.clients for _ in range(g.count)]
 
     @property
-    def methods(self) -> list[str]:
+    def methods(self) -> list["Method"]:
         """What the study trains: local-only first, then FedAvg, the strategy, then pooled."""
         base = list(dict.fromkeys(self.baselines))
-        before = [m for m in ("local", "fedavg") if m in base and m != self.strategy.name]
-        return before + [self.strategy.name] + [m for m in base if m == "pooled"]
+        before = [Method(LOCAL, Role.LOCAL)] if LOCAL in base else []
+        if "fedavg" in base and self.strategy.name != "fedavg":
+            before.append(Method("fedavg", Role.FEDERATED, FedAvg()))
+        after = [Method(POOLED, Role.POOLED, FedAvg())] if POOLED in base else []
+        return before + [Method(self.strategy.name, Role.FEDERATED, self.strategy)] + after
+
+    def method(self, name: str) -> "Method":
+        """The method of that name this experiment trains, or the strategy's baseline of that name
+        (e.g. "local" in a study run without it)."""
+        for m in self.methods:
+            if m.name == name:
+                return m
+        if name not in (LOCAL, POOLED, "fedavg"):
+            raise ConfigError(f"method {name!r} is not trained by this experiment; its methods: "
+                              f"{', '.join(m.name for m in self.methods)}")
+        role = {LOCAL: Role.LOCAL, POOLED: Role.POOLED}.get(name, Role.FEDERATED)
+        return Method(name, role, None if role is Role.LOCAL else FedAvg())
+
+    @property
+    def setup(self) -> Setup:
+        t = self.train
+        k = clients_per_round(self.n_clients, t.client_fraction)
+        return Setup(self.n_clients, k, t.client_fraction, t.optimizer, t.momentum, t.lr)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Experiment":
@@ -260,36 +180,26 @@ class Experiment(_Strict):
         return tree
 
     def _strategy_fits_the_round(self) -> None:
-        s, k = self.strategy, clients_per_round(self.n_clients, self.train.client_fraction)
-        per_round = f"a round has {k} clients ({self.n_clients} clients x train.client_fraction {self.train.client_fraction})"
-        if isinstance(s, Krum) and k < 2 * s.byzantine + 3:
-            raise ValueError(
-                f"strategy.byzantine = {s.byzantine} but {per_round}; Krum needs at least "
-                f"2 x byzantine + 3 = {2 * s.byzantine + 3}: lower strategy.byzantine or raise train.client_fraction"
-            )
-        if isinstance(s, Krum) and s.select > k - s.byzantine:
-            raise ValueError(
-                f"strategy.select = {s.select} but {per_round} and strategy.byzantine = {s.byzantine}; "
-                f"Multi-Krum can select at most {k - s.byzantine}"
-            )
-        if isinstance(s, (Median, TrimmedMean, Krum, Clipping, Quality)) and k < 3:
-            raise ValueError(
-                f"strategy.name = {s.name!r} compares the clients of a round, but {per_round}; "
-                f"it needs at least 3 (add clients or raise train.client_fraction)"
-            )
-        if isinstance(s, TrimmedMean) and trimmed_count(k, s.beta) == 0:
-            raise ValueError(
-                f"strategy.beta = {s.beta} trims nothing: {per_round} and floor(beta x {k}) = 0; "
-                f"use strategy.beta >= {1 / k:.3g} or strategy.name = \"fedavg\""
-            )
-        t = self.train
-        if isinstance(s, (Scaffold, FedNova)) and (t.optimizer != "sgd" or t.momentum):
-            # SCAFFOLD's control variates (option II) and FedNova's normalisation divide by the local
-            # steps of plain SGD; with Adam or momentum the update is no such sum of steps
-            raise ValueError(
-                f"strategy.name = {s.name!r} is written for plain SGD local steps, but train.optimizer = "
-                f"{t.optimizer!r}, train.momentum = {t.momentum}; use train.optimizer = \"sgd\" with momentum 0"
-            )
+        if problem := registry.check(self.strategy, self.setup):
+            raise ValueError(problem)
+
+
+class Role(StrEnum):
+    """What a method is in the before/after table."""
+
+    LOCAL = "local"  # every client alone
+    FEDERATED = "federated"  # a strategy over the clients
+    POOLED = "pooled"  # one client holding everyone's data
+
+
+@dataclass(frozen=True)
+class Method:
+    """One thing a study trains: its name in records and summaries, its role, and for a federated
+    (or pooled) method the strategy's config."""
+
+    name: str
+    role: Role
+    strategy: BaseModel | None = None
 
 
 def clients_per_round(n_clients: int, fraction: float) -> int:

@@ -4,13 +4,16 @@ Built once per seed from a dataset and an experiment: partition -> per-client tr
 corruption (applied once, seeded, to train and own-test data alike).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from fedbridge.data import corrupt, partition
-from fedbridge.data.idx import Dataset
+from fedbridge.data.datasets import Dataset, load_dataset
+from fedbridge.data.resolve import with_fallback
 from fedbridge.experiment import Experiment, IID, Dirichlet, Quantity, Shards, Sizes
 from fedbridge.local import client_generator
 
@@ -41,6 +44,24 @@ class Federation:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_images.shape[1:])
+
+
+def resolve_dataset(
+    exp: Experiment, data_dir: Path | None, load: Callable[..., Dataset] = load_dataset
+) -> tuple[Dataset, Experiment, str | None]:
+    """The dataset to run on, the experiment adjusted to it, and a note when it fell back."""
+    dataset, note = with_fallback(exp.data.name, exp.data.fallback, data_dir or exp.data.dir, load)
+    if note is None:
+        return dataset, exp, None
+    p = exp.partition
+    if isinstance(p, Sizes) and sum(p.sizes) > len(dataset.train_labels):
+        # keep the clients' proportions on the smaller dataset
+        total = len(dataset.train_labels)
+        scaled = [max(1, s * total // sum(p.sizes)) for s in p.sizes]
+        note += f" Partition sizes scaled from {p.sizes} to {scaled}."
+        exp = exp.model_copy(update={"partition": Sizes(name="sizes", sizes=scaled)})
+    exp = exp.model_copy(update={"data": exp.data.model_copy(update={"name": exp.data.fallback})})
+    return dataset, exp, note
 
 
 def to_float(images: np.ndarray) -> torch.Tensor:

@@ -8,9 +8,7 @@ crash may cut its last line: readers skip it and `resume` rewrites the file to t
 
 import json
 import math
-import os
 import statistics
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -20,34 +18,13 @@ import torch
 
 from fedbridge import schema
 from fedbridge.errors import FedbridgeError
+from fedbridge.experiment import Experiment, load_experiment
+from fedbridge.files import atomic_write
 
 CONFIG, METRICS, SUMMARY, WEIGHTS = "config.toml", "metrics.jsonl", "summary.json", "weights"
+DIAGNOSTICS = "diagnostics.jsonl"
+SWEEP_SPEC = "sweep.json"  # what tells a sweep directory from a run directory
 CHECKPOINT = "checkpoint.pt"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, data: bytes | str | Callable[[str], None]) -> None:
-    """Write `path` whole or not at all; `data` may be a function that writes to the temp path."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(data):
-                data(tmp)
-            else:
-                f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes 0600 files; a run directory is meant to be read by others as usual
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def create_run_dir(path: Path) -> Path:
@@ -67,14 +44,15 @@ def write_config(run: Path, config: dict) -> None:
     atomic_write(run / CONFIG, tomli_w.dumps(config))
 
 
-def append_metrics(run: Path, records: list[dict]) -> None:
-    with open(run / METRICS, "a") as f:
+def append_lines(run: Path, name: str, records: list[dict]) -> None:
+    """Append records to the JSON-lines file `name` (METRICS or DIAGNOSTICS) of a run."""
+    with open(run / name, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
 
 
-def read_metrics(run: Path) -> list[dict]:
-    """Every complete line of metrics.jsonl; a last line cut short by a crash is left out."""
-    path = Path(run) / METRICS
+def _read_lines(run: Path, name: str, problem_of: Callable[[str], str | None], what: str) -> list[dict]:
+    """Every complete line of a JSON-lines file; a last line cut short by a crash is left out."""
+    path = Path(run) / name
     if not path.exists():
         return []
     lines = path.read_text().split("\n")
@@ -89,39 +67,72 @@ def read_metrics(run: Path) -> list[dict]:
                 break
             problem = "not JSON"
         else:
-            problem = schema.record_problem(line)
+            problem = problem_of(line)
         if problem:
             raise FedbridgeError(
-                f"{path}, line {number}, is not a metrics record ({problem}); the file was edited or damaged: "
+                f"{path}, line {number}, is not {what} ({problem}); the file was edited or damaged: "
                 "restore it from a copy, or re-run the study into a new --out"
             )
         records.append(record)
     return records
 
 
-def rewrite_metrics(run: Path, records: list[dict]) -> None:
-    atomic_write(run / METRICS, "".join(json.dumps(r) + "\n" for r in records))
+def read_metrics(run: Path) -> list[dict]:
+    return _read_lines(run, METRICS, schema.record_problem, "a metrics record")
+
+
+def read_diagnostics(run: Path) -> list[dict]:
+    """The strategy's per-client diagnostics of every round; none for runs made before they were kept."""
+    return _read_lines(run, DIAGNOSTICS, schema.diagnostic_problem, "a diagnostics record")
+
+
+def rewrite_lines(run: Path, name: str, records: list[dict]) -> None:
+    atomic_write(run / name, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def weights_path(run: Path, seed: int, method: str) -> Path:
     return Path(run) / WEIGHTS / f"seed{seed}-{method}.pt"
 
 
+def weights_saved(run: Path, seed: int, method: str) -> bool:
+    """Whether that seed's method finished: its weights are written only once it has."""
+    return weights_path(run, seed, method).is_file()
+
+
 def save_weights(run: Path, seed: int, method: str, params: dict[str, torch.Tensor]) -> None:
-    atomic_write(weights_path(run, seed, method), lambda tmp: torch.save(params, tmp))
+    """Save stacked parameters [m, ...] as state dicts that `torch.load` + `load_state_dict` read without
+    fedbridge: one model (m = 1) is the file's whole content, m per-client models are under "client1", ..."""
+    m = next(iter(params.values())).shape[0]
+    # clone: a row saved as a view would carry the storage of every model with it
+    models = [{name: p[i].clone() for name, p in params.items()} for i in range(m)]
+    content = models[0] if m == 1 else {f"client{i + 1}": model for i, model in enumerate(models)}
+    atomic_write(weights_path(run, seed, method), lambda tmp: torch.save(content, tmp))
 
 
-def _load(path: Path, what: str, fix: str):
+def _stacked(content: dict) -> dict[str, torch.Tensor]:
+    """Any layout of a weights file as stacked parameters [m, ...]."""
+    if all(isinstance(model, dict) for model in content.values()):
+        models = [content[f"client{i}"] for i in range(1, len(content) + 1)]
+        return {name: torch.stack([model[name] for model in models]) for name in models[0]}
+    # runs made before the state-dict layout saved the stacked tensors themselves; every layer of
+    # fedbridge's models has a bias, a vector in a state dict and [m, n] when stacked
+    if any(name.endswith("bias") and p.dim() == 2 for name, p in content.items()):
+        return content
+    return {name: p.unsqueeze(0) for name, p in content.items()}
+
+
+def _load(path: Path, what: str, fix: str, read: Callable[[dict], dict] = lambda content: content):
     try:
-        return torch.load(path, weights_only=True)
+        return read(torch.load(path, weights_only=True))
     except Exception as e:  # torch raises many kinds for a damaged file; all mean the same to a user
         raise FedbridgeError(f"{path} cannot be read as {what} ({type(e).__name__}); it was damaged or replaced: {fix}") from None
 
 
 def load_weights(run: Path, seed: int, method: str) -> dict[str, torch.Tensor] | None:
+    """The saved parameters stacked [m, ...] (m = 1 for one global model), from any layout a run directory holds."""
     path = weights_path(run, seed, method)
     fix = "delete it, and its method of that seed is trained again on resume (or re-run the study)"
-    return _load(path, "saved weights", fix) if path.exists() else None
+    return _load(path, "saved weights", fix, _stacked) if path.exists() else None
 
 
 def save_checkpoint(run: Path, checkpoint: dict) -> None:
@@ -160,6 +171,15 @@ def read_summary(run: Path) -> dict:
     return summary
 
 
+def load_run_experiment(run: Path) -> Experiment:
+    """The experiment a run directory was started with (its resolved config.toml)."""
+    if not (Path(run) / CONFIG).is_file():
+        raise FedbridgeError(
+            f"{run} has no {CONFIG}, so it is not a run directory; give the folder `fedbridge run` printed (its --out)"
+        )
+    return load_experiment(Path(run) / CONFIG)[0]
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single seed)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
@@ -182,8 +202,8 @@ def paired_gains(final_records: list[dict], strategy: str) -> dict[int, list[flo
     own = {(r["seed"], r["client"], r["method"]): r["accuracy"] for r in final_records if r["test_set"] == "own"}
     gains: dict[int, list[float]] = defaultdict(list)
     for (seed, client, method), acc in sorted(own.items()):
-        if method == strategy and (seed, client, "local") in own:
-            gains[client].append(acc - own[(seed, client, "local")])
+        if method == strategy and (seed, client, schema.LOCAL) in own:
+            gains[client].append(acc - own[(seed, client, schema.LOCAL)])
     return dict(gains)
 
 

@@ -9,6 +9,9 @@ from pydantic import Field, TypeAdapter, ValidationError
 from typing_extensions import NotRequired, TypedDict  # pydantic needs this TypedDict before Python 3.12
 
 
+# the baselines' method names in records and summaries; every other method is a strategy's name
+LOCAL, POOLED = "local", "pooled"
+
 Seeds = Annotated[list[int], Field(min_length=1)]  # the tables caption "seed N" from the first
 
 
@@ -23,6 +26,17 @@ class Record(TypedDict):
     test_set: str  # "own", "clean" or "client:N"
     accuracy: float
     loss: float
+
+
+class Diagnostic(TypedDict):
+    """One line of diagnostics.jsonl: what a strategy reported about one client it aggregated in one
+    round (e.g. its training loss, update norm, disagreement with the others)."""
+
+    seed: int
+    method: str
+    round: int
+    client: int
+    scores: dict[str, float]
 
 
 class Row(TypedDict):
@@ -64,6 +78,9 @@ class RunSummary(TypedDict):
     detection: NotRequired[dict[str, dict[str, Detection]]]
     diverged: NotRequired[list[Diverged]]
     left_out: NotRequired[list[dict[str, Any]]]  # `fedbridge deploy` only
+    # what the models take and give, so a saved model is rebuilt without the data; older runs lack them
+    input_shape: NotRequired[Annotated[list[int], Field(min_length=3, max_length=3)]]
+    num_classes: NotRequired[int]
 
 
 class SweepRow(TypedDict):
@@ -91,12 +108,18 @@ class SweepSummary(TypedDict):
     table: list[SweepRow]
 
 
-_RECORD, _RUN, _SWEEP = TypeAdapter(Record), TypeAdapter(RunSummary), TypeAdapter(SweepSummary)
+_RECORD, _DIAGNOSTIC = TypeAdapter(Record), TypeAdapter(Diagnostic)
+_RUN, _SWEEP = TypeAdapter(RunSummary), TypeAdapter(SweepSummary)
 
 
 def record_problem(line: str) -> str | None:
     """Why a line of metrics.jsonl is not a record, or None."""
     return _problem(_RECORD, line)
+
+
+def diagnostic_problem(line: str) -> str | None:
+    """Why a line of diagnostics.jsonl is not a diagnostic, or None."""
+    return _problem(_DIAGNOSTIC, line)
 
 
 def summary_problem(text: str, sweep: bool) -> str | None:

@@ -25,15 +25,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fedbridge import results
+from fedbridge import files, results
 from fedbridge.errors import ConfigError, FedbridgeError
-from fedbridge.data.idx import load_dataset
+from fedbridge.data.datasets import load_dataset
 from fedbridge.experiment import Experiment, load_experiment
-from fedbridge.federation import client_rows
+from fedbridge.federation import client_rows, resolve_dataset
 from fedbridge.progress import progress_bar, say
-from fedbridge.study import resolve_dataset
+from fedbridge.schema import LOCAL
 
-SPEC, RUNS, LOGS = "sweep.json", "runs", "logs"
+RUNS, LOGS = "runs", "logs"
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ def default_dir(sweep: Sweep) -> Path:
 
 
 def open_sweep_dir(out: Path, sweep: Sweep) -> None:
-    spec_path = out / SPEC
+    spec_path = out / results.SWEEP_SPEC
     if spec_path.exists():
         try:
             existing = json.loads(spec_path.read_text())
@@ -159,7 +159,7 @@ def open_sweep_dir(out: Path, sweep: Sweep) -> None:
             raise FedbridgeError(f"{spec_path} is not readable JSON; it was damaged, choose another --out") from None
         if existing != sweep.spec():
             raise FedbridgeError(
-                f"{out} holds a different sweep (its {SPEC} differs in config, --set, --grid or --seeds); "
+                f"{out} holds a different sweep (its {results.SWEEP_SPEC} differs in config, --set, --grid or --seeds); "
                 "nothing was changed in it. Run that sweep's command to continue it, or choose another --out."
             )
         return
@@ -169,7 +169,7 @@ def open_sweep_dir(out: Path, sweep: Sweep) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FedbridgeError(f"cannot create sweep directory {out}: {e.strerror}; choose another --out") from None
-    results.atomic_write(spec_path, json.dumps(sweep.spec(), indent=1))
+    files.atomic_write(spec_path, json.dumps(sweep.spec(), indent=1))
 
 
 def run_dir(out: Path, cell: Cell, seed: int) -> Path:
@@ -282,8 +282,8 @@ def summarize_sweep(out: Path, sweep: Sweep) -> dict:
             return {c: [r["accuracy"] for r in own if r["client"] == c and r["method"] == method] for c in profiles}
 
         quantities = {"federated": accuracies(exp.strategy.name)}
-        if "local" in exp.methods:
-            quantities |= {"local": accuracies("local"), "gain": results.paired_gains(final, exp.strategy.name)}
+        if LOCAL in [m.name for m in exp.methods]:
+            quantities |= {"local": accuracies(LOCAL), "gain": results.paired_gains(final, exp.strategy.name)}
         for quantity, by_client in quantities.items():
             for client, values in sorted(by_client.items()):
                 mean, std = results.mean_std(values)

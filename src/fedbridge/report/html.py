@@ -14,17 +14,17 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from fedbridge import __version__, results
+from fedbridge import __version__, files, results
 from fedbridge.errors import DataError, FedbridgeError
 from fedbridge.experiment import ClientGroup, Experiment
-from fedbridge.federation import build_federation
+from fedbridge.federation import build_federation, resolve_dataset
 from fedbridge.local import stacked_forward
 from fedbridge.models import build_model
 from fedbridge.report import plots
 from fedbridge.report.grid import grid_rows, render_grid
 from fedbridge.report.table import render
+from fedbridge.schema import LOCAL
 from fedbridge.strategies.api import ServerState
-from fedbridge.study import load_run_experiment, resolve_dataset
 
 SAMPLES_PER_CLIENT = 8
 REPORT = "report.html"
@@ -93,9 +93,9 @@ def data_sections(run: Path, exp: Experiment, summary: dict, data_dir: Path | No
         f"The first {SAMPLES_PER_CLIENT} training images of each client (seed {seed}): the original above, what the "
         "client trains on below, with its label (red where the profile changed the label).",
     )]
-    own = {r["client"]: r["accuracy_mean"] for r in summary["table"] if r["test_set"] == "own" and r["method"] == "local"}
+    own = {r["client"]: r["accuracy_mean"] for r in summary["table"] if r["test_set"] == "own" and r["method"] == LOCAL}
     strategy = summary["strategy"]
-    before, after = results.load_weights(run, seed, "local"), results.load_weights(run, seed, strategy)
+    before, after = results.load_weights(run, seed, LOCAL), results.load_weights(run, seed, strategy)
     if not own or before is None or after is None:
         return out
     weakest = min(own, key=own.get)
@@ -117,7 +117,7 @@ def data_sections(run: Path, exp: Experiment, summary: dict, data_dir: Path | No
 
 def run_page(run: Path, summary: dict, data_dir: Path | None) -> str:
     metrics = results.read_metrics(run)
-    exp = load_run_experiment(run)
+    exp = results.load_run_experiment(run)
     strategy, seeds = summary["strategy"], summary["seeds"]
     final = [r for r in metrics if r["round"] == summary["rounds"]]
     profiles = {r["client"]: r["profile"] for r in [*final, *summary["table"]]}
@@ -129,7 +129,7 @@ def run_page(run: Path, summary: dict, data_dir: Path | None) -> str:
                 f"{strategy} on each client's own and on the clean test set ({spread}, band ± std); dotted: "
                 "the same client trained alone, after the last round."),
     ]
-    if "local" in summary["methods"]:
+    if LOCAL in summary["methods"]:
         gains = results.paired_gains(final, strategy)
         sections.append(section("Gain per client", image(plots.gain_bars(gains, profiles, strategy), "gain per client")))
     sections += data_sections(run, exp, summary, data_dir)
@@ -179,7 +179,6 @@ def check_output(path: Path, output: Path, fix: str) -> None:
 
 def write_report(path: Path, output: Path | None = None, data_dir: Path | None = None) -> Path:
     """Write the report of the run or sweep in `path`; returns where it went (default path/report.html)."""
-    from fedbridge.sweep import SPEC  # here: sweep imports this module's caller, not the other way round
 
     path = Path(path)
     summary = results.read_summary(path)  # first: that this is no finished run matters more than -o
@@ -187,9 +186,9 @@ def write_report(path: Path, output: Path | None = None, data_dir: Path | None =
     # `fedbridge sweep` writes the default too, and has no -o: so say the whole command
     fix = "choose another -o" if output else f"write the report elsewhere with `fedbridge report {path} -o FILE`"
     check_output(path, target, fix)
-    text = sweep_page(path, summary) if (path / SPEC).exists() else run_page(path, summary, data_dir)
+    text = sweep_page(path, summary) if (path / results.SWEEP_SPEC).exists() else run_page(path, summary, data_dir)
     try:
-        results.atomic_write(target, text)
+        files.atomic_write(target, text)
     except OSError as e:
         raise FedbridgeError(f"cannot write {target}: {e.strerror or e}; {fix}") from None
     return target

@@ -13,6 +13,7 @@ import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedbridge import results  # noqa: E402
+from fedbridge.schema import LOCAL  # noqa: E402
 
 OWN, CLEAN = "tab:blue", "tab:orange"
 
@@ -48,7 +49,7 @@ def curves(metrics: list[dict], strategy: str, profiles: dict[int, str]) -> byte
             if len(rounds):
                 ax.plot(rounds, stats[:, 0], color=color, marker="o", ms=3, label=f"{strategy}, {test_set} test")
                 ax.fill_between(rounds, stats[:, 0] - stats[:, 1], stats[:, 0] + stats[:, 1], color=color, alpha=0.2)
-            alone = by_round.get(("local", client, test_set, last))
+            alone = by_round.get((LOCAL, client, test_set, last))
             if alone:
                 ax.axhline(100 * results.mean_std(alone)[0], color=color, ls=":", label=f"alone, {test_set} test")
         ax.set_title(f"client {client}: {profile}", fontsize=10)

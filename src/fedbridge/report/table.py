@@ -3,13 +3,9 @@
 from rich.console import Console
 from rich.table import Table
 
-METHOD_TITLES = {
-    "local": "alone", "pooled": "pooled", "fedavg": "FedAvg", "fedavgm": "FedAvgM", "fedadam": "FedAdam",
-    "fedyogi": "FedYogi", "fedadagrad": "FedAdagrad", "fedprox": "FedProx", "scaffold": "SCAFFOLD",
-    "fednova": "FedNova", "median": "median", "trimmed_mean": "trimmed mean", "krum": "Krum",
-    "clipping": "clipped mean", "quality": "quality-weighted", "finetune": "FedAvg + fine-tuning",
-    "ditto": "Ditto", "fedper": "FedPer", "fedrep": "FedRep",
-}
+from fedbridge.schema import LOCAL
+from fedbridge.strategies.registry import title
+
 CROSS_TABLE_MAX_CLIENTS = 10  # beyond this the clients-by-clients grid is unreadable in a terminal
 
 
@@ -22,7 +18,7 @@ def _cell(rows: dict, key: tuple) -> str:
 
 
 def _gain(rows: dict, client: int, strategy: str) -> str:
-    after, before = rows.get((client, strategy, "own")), rows.get((client, "local", "own"))
+    after, before = rows.get((client, strategy, "own")), rows.get((client, LOCAL, "own"))
     if not after or not before:
         return "–"
     return f"{100 * (after['accuracy_mean'] - before['accuracy_mean']):+.1f}"
@@ -34,7 +30,6 @@ def render(summary: dict, console: Console) -> None:
     clients = sorted(profiles)
     methods = summary["methods"]
     strategy = summary["strategy"]
-    title = lambda m: METHOD_TITLES.get(m, m)  # noqa: E731
     seeds = summary["seeds"]
     caption = (
         f"{summary['dataset']} ({summary['data_source']}), accuracy % "
@@ -46,7 +41,7 @@ def render(summary: dict, console: Console) -> None:
     main.add_column("data")
     for m in methods:
         main.add_column(f"{title(m)}, own test", justify="right")
-        if m in (strategy, "fedavg") and "local" in methods:
+        if m in (strategy, "fedavg") and LOCAL in methods:
             main.add_column("gain", justify="right")
     for m in methods:
         main.add_column(f"{title(m)}, clean test", justify="right")
@@ -54,22 +49,22 @@ def render(summary: dict, console: Console) -> None:
         cells = [str(c), profiles[c]]
         for m in methods:
             cells.append(_cell(rows, (c, m, "own")))
-            if m in (strategy, "fedavg") and "local" in methods:
+            if m in (strategy, "fedavg") and LOCAL in methods:
                 cells.append(_gain(rows, c, m))
         cells += [_cell(rows, (c, m, "clean")) for m in methods]
         main.add_row(*cells)
     console.print(main)
 
-    if "local" in methods and any(k[2].startswith("client:") for k in rows) and len(clients) <= CROSS_TABLE_MAX_CLIENTS:
+    if LOCAL in methods and any(k[2].startswith("client:") for k in rows) and len(clients) <= CROSS_TABLE_MAX_CLIENTS:
         cross = Table(title="each model on each client's own test data (accuracy %)")
         cross.add_column("model")
         for c in clients:
             cross.add_column(f"client {c} test ({profiles[c]})", justify="right")
         for c in clients:
             test = lambda t: "own" if t == c else f"client:{t}"  # noqa: E731
-            cross.add_row(f"client {c} alone", *[_cell(rows, (c, "local", test(t))) for t in clients])
+            cross.add_row(f"client {c} alone", *[_cell(rows, (c, LOCAL, test(t))) for t in clients])
         for m in methods:
-            if m != "local":
+            if m != LOCAL:
                 cross.add_row(title(m), *[_cell(rows, (t, m, "own")) for t in clients])
         console.print(cross)
     if summary.get("detection"):

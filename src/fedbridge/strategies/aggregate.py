@@ -29,3 +29,13 @@ def norms(stacked: Params) -> torch.Tensor:
 def moved(params: Params, update: Params, scale: float = 1.0) -> Params:
     """params + scale * update (the server step of FedAvg and every rule that only changes `update`)."""
     return {n: p + scale * update[n] for n, p in params.items()}
+
+
+def median(updates: Params, weights: torch.Tensor) -> Params:
+    """Per coordinate, the median over clients (the mean of the two middle values when K is even)."""
+    out = {}
+    for n, x in updates.items():
+        s = x.sort(dim=0).values
+        k = x.shape[0]
+        out[n] = ((s[(k - 1) // 2] + s[k // 2]) / 2).unsqueeze(0)
+    return out

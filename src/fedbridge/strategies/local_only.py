@@ -5,9 +5,8 @@ Running it through the same engine as FedAvg keeps the before/after numbers comp
 
 import torch
 
-from fedbridge.local import LocalResult
 from fedbridge.optim import Params
-from fedbridge.strategies.api import ServerState, Strategy
+from fedbridge.strategies.api import ClientUpdates, Diagnostics, ServerState, Strategy, plain_local
 
 
 def init(initial: Params, n_clients: int) -> ServerState:
@@ -15,15 +14,21 @@ def init(initial: Params, n_clients: int) -> ServerState:
     return ServerState(params={n: p.expand(n_clients, *p.shape[1:]).clone() for n, p in initial.items()})
 
 
-def client_start(state: ServerState, ids: torch.Tensor) -> Params:
+def own_models(state: ServerState, ids: torch.Tensor) -> Params:
     return {n: p[ids] for n, p in state.params.items()}
 
 
-def aggregate(state: ServerState, ids: torch.Tensor, result: LocalResult, weights: torch.Tensor) -> ServerState:
-    params = {n: p.clone() for n, p in state.params.items()}
-    for n, p in params.items():
-        p[ids] = result.params[n]
-    return ServerState(params=params, extra=state.extra)
+def with_own(params: Params, ids: torch.Tensor, trained: Params) -> Params:
+    """`params` [n, ...] with the rows of clients `ids` replaced by their trained models."""
+    out = {n: p.clone() for n, p in params.items()}
+    for n, p in out.items():
+        p[ids] = trained[n]
+    return out
 
 
-LOCAL_ONLY = Strategy("local", init, client_start, aggregate)
+def aggregate(state: ServerState, trained: ClientUpdates) -> tuple[ServerState, Diagnostics]:
+    return (ServerState(params=with_own(state.params, trained.ids, trained.params), extra=state.extra),
+            Diagnostics(trained.ids, {"loss": trained.loss}))
+
+
+LOCAL_ONLY = Strategy(init, aggregate, local=plain_local(start=own_models))

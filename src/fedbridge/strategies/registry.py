@@ -1,53 +1,48 @@
-"""The strategy a config names, built with its typed parameters (fedbridge.experiment validates them)."""
+"""Every strategy a config can name, assembled from the strategy modules' specs.
 
-from fedbridge import detection
-from fedbridge.experiment import (
-    AdaptiveServer, Clipping, Ditto, FedAvg, FedAvgM, FedNova, FedPer, FedProx, FedRep, FineTune,
-    Krum, Median, Quality, Scaffold, StrategyConfig, Train, TrimmedMean,
+Adding a strategy: write its module (a `Config`, a `build`, a `SPEC`) and add it to SPECS.
+"""
+
+from typing import Annotated, Any, Union
+
+from pydantic import Field
+
+from fedbridge.schema import LOCAL, POOLED
+from fedbridge.strategies import (
+    adaptive, clipping, custom, ditto, fedavg, fedavgm, fednova, fedper, fedprox, fedrep, finetune, krum, median, quality,
+    scaffold, trimmed_mean,
 )
-from fedbridge.strategies import client_side, personal, robust
-from fedbridge.strategies.api import Strategy
-from fedbridge.strategies.fedavg import FEDAVG, global_strategy
-from fedbridge.strategies.quality import quality
-from fedbridge.strategies.server_opt import ServerOptimizer
+from fedbridge.strategies.api import Setup, Strategy, StrategySpec
+
+SPECS: tuple[StrategySpec, ...] = (
+    fedavg.SPEC, fedavgm.SPEC, adaptive.SPEC, fedprox.SPEC, scaffold.SPEC, fednova.SPEC, median.SPEC,
+    trimmed_mean.SPEC, krum.SPEC, clipping.SPEC, quality.SPEC, finetune.SPEC, ditto.SPEC, fedper.SPEC, fedrep.SPEC,
+    custom.SPEC,
+)
+
+_BY_NAME = {name: spec for spec in SPECS for name in spec.titles}
+
+# the config's `strategy` table: one of the specs' classes, told apart by `name`
+StrategyConfig = Annotated[Union[tuple(spec.config for spec in SPECS)], Field(discriminator="name")]
+
+# the baselines beside the strategies in tables ("local" and "pooled" are not strategies)
+BASELINE_TITLES = {LOCAL: "alone", POOLED: "pooled"}
 
 
-def _robust(name: str, rule) -> Strategy:
-    return global_strategy(name, combine=lambda updates, weights, result: rule(updates, weights))
+def spec(config: Any) -> StrategySpec:
+    return _BY_NAME[config.name]
 
 
-def build(config: StrategyConfig, train: Train) -> Strategy:
-    """The strategy for `config`; those with one global model also record noisy-client scores."""
-    c = config
-    if isinstance(c, FedAvg):
-        strategy = FEDAVG
-    elif isinstance(c, FedAvgM):
-        strategy = global_strategy(c.name, server=ServerOptimizer(c.name, c.server_lr, beta1=c.momentum))
-    elif isinstance(c, AdaptiveServer):
-        strategy = global_strategy(c.name, server=ServerOptimizer(c.name, c.server_lr, c.beta1, c.beta2, c.tau))
-    elif isinstance(c, FedProx):
-        strategy = client_side.fedprox(c.mu)
-    elif isinstance(c, Scaffold):
-        strategy = client_side.scaffold(train.lr, c.server_lr)
-    elif isinstance(c, FedNova):
-        strategy = client_side.FEDNOVA
-    elif isinstance(c, Median):
-        strategy = _robust(c.name, robust.median)
-    elif isinstance(c, TrimmedMean):
-        strategy = _robust(c.name, lambda u, w: robust.trimmed_mean(u, w, c.beta))
-    elif isinstance(c, Krum):
-        strategy = _robust(c.name, lambda u, w: robust.krum(u, w, c.byzantine, c.select))
-    elif isinstance(c, Clipping):
-        strategy = _robust(c.name, lambda u, w: robust.clipped_mean(u, w, c.max_norm))
-    elif isinstance(c, Quality):
-        strategy = quality(c.alpha)
-    elif isinstance(c, FineTune):
-        strategy = personal.finetune(c.epochs)
-    elif isinstance(c, Ditto):
-        return personal.ditto(c.lam)
-    elif isinstance(c, FedPer):
-        return personal.FEDPER
-    else:
-        assert isinstance(c, FedRep)
-        return personal.fedrep(c.head_epochs)
-    return detection.observed(strategy)
+def build(config: Any, setup: Setup) -> Strategy:
+    return spec(config).build(config, setup)
+
+
+def check(config: Any, setup: Setup) -> str | None:
+    return spec(config).check(config, setup)
+
+
+def title(method: str) -> str:
+    """How tables and reports name a method; an unknown one (a run from a later version) by its name."""
+    if method in BASELINE_TITLES:
+        return BASELINE_TITLES[method]
+    return _BY_NAME[method].titles[method] if method in _BY_NAME else method

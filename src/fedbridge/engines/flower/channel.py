@@ -1,6 +1,6 @@
 """What a ServerApp leaves in its out-dir, and how `fedbridge deploy` reads it back while it runs.
 
-`connected` once every client's node has answered; one `round-NNNN.json` (metrics records) and
+`connected` once every client's node has answered; one `round-NNNN.json` (metrics and diagnostics records) and
 `round-NNNN.pt` (server state) per evaluated round; then `end.json` saying how the run ended and
 which clients were left out of which rounds. Each file is written whole (temp file + rename), the
 weights before the records, so a round is complete as soon as its records exist.
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from fedbridge.results import atomic_write
+from fedbridge.files import atomic_write
 from fedbridge.strategies.api import ServerState
 
 END = "end.json"
@@ -28,10 +28,10 @@ def connected(out: Path) -> bool:
     return (out / CONNECTED).exists()
 
 
-def write_round(out: Path, round_: int, records: list[dict], state: ServerState) -> None:
+def write_round(out: Path, round_: int, records: list[dict], diagnostics: list[dict], state: ServerState) -> None:
     saved = {"params": state.params, "extra": state.extra}
     atomic_write(out / f"round-{round_:04d}.pt", lambda tmp: torch.save(saved, tmp))
-    atomic_write(out / f"round-{round_:04d}.json", json.dumps(records))
+    atomic_write(out / f"round-{round_:04d}.json", json.dumps({"metrics": records, "diagnostics": diagnostics}))
 
 
 def write_end(out: Path, ok: bool, message: str = "", left_out: list[dict] = ()) -> None:
@@ -43,6 +43,7 @@ def write_end(out: Path, ok: bool, message: str = "", left_out: list[dict] = ())
 class Round:
     number: int
     records: list[dict]
+    diagnostics: list[dict]  # since the previous evaluated round
     state: ServerState
 
 
@@ -53,7 +54,9 @@ def read_rounds(out: Path, after: int) -> list[Round]:
         number = int(path.stem.removeprefix("round-"))
         if number > after:
             saved = torch.load(path.with_suffix(".pt"), weights_only=True)
-            rounds.append(Round(number, json.loads(path.read_text()), ServerState(saved["params"], saved["extra"])))
+            written = json.loads(path.read_text())
+            state = ServerState(saved["params"], saved["extra"])
+            rounds.append(Round(number, written["metrics"], written["diagnostics"], state))
     return rounds
 
 

@@ -16,15 +16,17 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedbridge.data.idx import Dataset, cache_dir, load_dataset, read_idx
+from fedbridge.data.cache import cache_dir
+from fedbridge.data.datasets import Dataset, load_dataset
+from fedbridge.data.idx import read_idx
 from fedbridge.engines.flower.arrays import from_record, to_record
-from fedbridge.engines.simulation import STREAM_BATCHES, recipe
 from fedbridge.errors import ConfigError, DataError
 from fedbridge.experiment import IID, ClientGroup, Experiment
 from fedbridge.federation import Client, Federation, build_federation
+from fedbridge.files import atomic_write
 from fedbridge.local import client_generator, evaluate, local_update
 from fedbridge.models import build_model
-from fedbridge.results import atomic_write
+from fedbridge.rounds import STREAM_BATCHES, recipe
 
 app = ClientApp()
 

@@ -6,10 +6,8 @@ the rounds its ServerApp writes are fed to the study as they come, so the run di
 are the same as `fedbridge run`'s.
 """
 
-import json
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,18 +15,18 @@ import tomli_w
 from rich.console import Console
 
 from fedbridge.engines import simulation
-from fedbridge.engines.flower import certificates, channel
-from fedbridge.engines.flower.processes import CONNECTION, Cluster, Security, cluster, flwr
-from fedbridge.engines.flower.server_app import flower_strategy, limits_problem
+from fedbridge.engines.flower import certificates
+from fedbridge.engines.flower.processes import Cluster, Security, cluster
+from fedbridge.engines.flower.server_app import deployable, limits_problem
+from fedbridge.engines.flower.submit import follow, submit
 from fedbridge.errors import ConfigError, FedbridgeError
-from fedbridge.experiment import Experiment
+from fedbridge.experiment import Experiment, Method, Role
 from fedbridge.federation import Federation
 from fedbridge.optim import Params
 from fedbridge.results import write_summary
-from fedbridge.study import resolved_config, run_study
-
-APP = Path(__file__).parent / "app"
-CHECK_SECONDS = 15.0  # how often to ask Flower whether the run is still going
+from fedbridge.resume import resolved_config
+from fedbridge.rounds import OnRound
+from fedbridge.study import run_study
 
 
 @dataclass(frozen=True)
@@ -45,71 +43,17 @@ class Faults:
             raise ConfigError(f"--{problem}")
 
 
-def submit(cluster: Cluster, run_config: Path) -> int:
-    """Start the App on the SuperLink; the run id."""
-    proc = flwr(cluster.env, "run", str(APP), CONNECTION, "--run-config", str(run_config), "--format", "json")
-    try:
-        answer = json.loads(proc.stdout[proc.stdout.index("{"):])
-    except ValueError:
-        answer = {}
-    if proc.returncode != 0 or not answer.get("success"):
-        raise FedbridgeError(f"`flwr run` could not start the run: {(proc.stderr or proc.stdout).strip()[-2000:]}")
-    return int(answer["run-id"])
-
-
-def status(cluster: Cluster, run_id: int) -> str:
-    """Flower's status of a run, e.g. "running" or "finished:failed"."""
-    proc = flwr(cluster.env, "ls", CONNECTION, "--run-id", str(run_id), "--format", "json", timeout=60)
-    try:
-        run = json.loads(proc.stdout)["runs"][0]
-        return f"{run['status']} ({run['status-details']})"
-    except (ValueError, KeyError, IndexError):
-        return "unknown"
-
-
-def follow(cluster: Cluster, run_id: int, out: Path, on_round: simulation.OnRound,
-           patience: float) -> tuple[Params, list[dict]]:
-    """Hand each round the ServerApp writes to `on_round` until it ends; its final global weights and
-    the clients it left out of rounds (channel.write_end)."""
-    done, params, last, checked = 0, None, time.monotonic(), time.monotonic()
-    ended = None  # when Flower said the run finished, in case the ServerApp died before writing its end
-    while True:
-        cluster.alive()
-        end = channel.read_end(out)  # read before the rounds, which are all written by then
-        for r in channel.read_rounds(out, done):
-            on_round(r.number, r.records, r.state)
-            done, params, last = r.number, r.state.params, time.monotonic()
-        if end is not None:
-            if not end["ok"]:
-                kept = f"; rounds 1-{done} are kept in the run directory's metrics.jsonl" if done else ""
-                raise FedbridgeError(f"the Flower run stopped: {end['message']}{kept}")
-            return params, end["left_out"]
-        if not channel.connected(out):  # the ServerApp waits for every client's node: a dead one never comes
-            cluster.nodes_alive()
-        now = time.monotonic()
-        if now - checked > CHECK_SECONDS:
-            checked, said = now, status(cluster, run_id)
-            ended = ended or (now if said.startswith("finished") else None)
-        if ended and now - ended > CHECK_SECONDS or now - last > patience:
-            raise FedbridgeError(
-                f"the Flower run ended without finishing its rounds (Flower says: {status(cluster, run_id)}); "
-                f"its log: FLWR_HOME={cluster.env['FLWR_HOME']} flwr log {run_id} {CONNECTION}; "
-                f"SuperLink and SuperNode logs in {cluster.workdir}"
-            )
-        time.sleep(0.2)
-
-
 def flower_train(cluster: Cluster, faults: Faults, left_out: list[dict] | None = None):
     """A `train` for study.run_study: the strategy through the cluster, the baselines in process.
     Each client a run left out of a round is added to `left_out`, with the run's seed and method."""
 
-    def train(method: str, federation: Federation, exp: Experiment, seed: int,
-              on_round: simulation.OnRound = lambda r, records, state: None, resume=None) -> Params:
-        if method != exp.strategy.name:
+    def train(method: Method, federation: Federation, exp: Experiment, seed: int,
+              on_round: OnRound = lambda r, records, diagnostics, state: None, resume=None) -> Params:
+        if method.role is not Role.FEDERATED or method.name != exp.strategy.name:
             return simulation.train(method, federation, exp, seed, on_round, **({"resume": resume} if resume else {}))
         if resume is not None:
             raise FedbridgeError("a deployed run cannot be resumed; start it again with `fedbridge deploy`")
-        out = cluster.workdir / f"seed{seed}-{method}"
+        out = cluster.workdir / f"seed{seed}-{method.name}"
         out.mkdir(parents=True)
         (out / "config.toml").write_text(tomli_w.dumps(resolved_config(exp)))
         run_config = out / "run-config.toml"
@@ -123,7 +67,7 @@ def flower_train(cluster: Cluster, faults: Faults, left_out: list[dict] | None =
         patience = faults.connect_timeout + 2 * faults.round_timeout + 120
         params, missing = follow(cluster, run_id, out, on_round, patience)
         if left_out is not None:
-            left_out.extend({"seed": seed, "method": method, **entry} for entry in missing)
+            left_out.extend({"seed": seed, "method": method.name, **entry} for entry in missing)
         return params
 
     return train
@@ -135,7 +79,7 @@ def deploy_study(exp: Experiment, out: Path, data_dir: Path | None, console: Con
 
     The summary is `fedbridge run`'s plus `left_out`: every client missing from a round's step, with
     why; they are printed too, as a run that went on without a client still exits 0."""
-    flower_strategy(exp)
+    deployable(exp)
     if nodes != exp.n_clients:
         raise ConfigError(f"--nodes {nodes}: the experiment has {exp.n_clients} clients and each runs on its own "
                           f"SuperNode; use --nodes {exp.n_clients}")

@@ -1,0 +1,132 @@
+"""The Flower transport of the round loop: a round's local training and evaluation as messages to
+the clients' SuperNodes, their replies checked (replies.py) before anything uses them."""
+
+import time
+from dataclasses import dataclass, field
+from logging import WARNING
+
+import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from fedbridge import rounds
+from fedbridge.engines.flower.arrays import from_record, to_record
+from fedbridge.engines.flower.replies import Expected, evaluate_expected, reply_problem, train_expected
+from fedbridge.errors import ConfigError, FedbridgeError
+from fedbridge.local import GradientAdjust
+from fedbridge.optim import Params
+from fedbridge.strategies.api import ClientUpdates, LocalTrain
+
+# how often the server asks the SuperLink for replies; Grid.send_and_receive waits 3 s between asks
+POLL_SECONDS = 0.2
+
+
+@dataclass
+class Nodes:
+    """The SuperNodes of a run: node id of each client (partition id)."""
+
+    grid: Grid
+    node_of: dict[int, int]
+    timeout: float
+    minimum: int
+    # every client left out of a round's step: {"round", "step", "client" (from 1), "reason"}
+    left_out: list[dict] = field(default_factory=list)
+
+    def exchange(self, what: str, messages: dict[int, Message], group: int | None = None,
+                 name=lambda client: f"client {client + 1}",
+                 expected: dict[int, Expected] | None = None) -> dict[int, Message]:
+        """Send one message per client and collect the replies that come within the timeout and are
+        as `expected` (if given): a rejected reply counts as no answer.
+
+        Raises when fewer than the minimum answer; the clients left out are logged by `name`."""
+        pushed = list(self.grid.push_messages(messages.values()))
+        pending = dict(zip(pushed, messages))
+        replies: dict[int, Message] = {}
+        failed: dict[int, str] = {}
+        deadline = time.monotonic() + self.timeout
+        while pending and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(pending)):
+                client = pending.pop(reply.metadata.reply_to_message_id)
+                if reply.has_error():
+                    failed[client] = str(reply.error.reason)
+                elif expected and (problem := reply_problem(reply.content, expected[client])):
+                    failed[client] = f"its reply was rejected: {problem}"
+                else:
+                    replies[client] = reply
+                if client in failed:
+                    log(WARNING, "%s failed in %s: %s", name(client), what, failed[client])
+            if pending:
+                time.sleep(POLL_SECONDS)
+        where = f"round {group}, {what}" if group else what
+        silent = ", ".join(name(c) for c in sorted(pending.values()))
+        if silent:
+            log(WARNING, "%s: no answer from %s within %.0f s; going on without them", where, silent, self.timeout)
+        if group:  # a round's step, so the keys are clients (numbered from 1 for people, as in metrics.jsonl)
+            why = {**failed, **{c: f"no answer within {self.timeout:.0f} s" for c in pending.values()}}
+            self.left_out.extend({"round": group, "step": what, "client": c + 1, "reason": why[c]} for c in sorted(why))
+        needed = min(self.minimum, len(messages))
+        if len(replies) < needed:
+            errors = "".join(f"; {name(c)} failed: {reason}" for c, reason in sorted(failed.items()))
+            raise FedbridgeError(
+                f"{where}: only {len(replies)} of {len(messages)} nodes answered within {self.timeout:.0f} s "
+                f"(minimum {needed}), so the run stopped{errors}" + (f"; no answer from {silent}" if silent else "")
+                + ". Check those SuperNodes (their logs), or lower --min-nodes / raise --round-timeout"
+            )
+        return replies
+
+
+def message(content: dict, node: int, kind: str, group: int | None = None) -> Message:
+    return Message(RecordDict(content), dst_node_id=node, message_type=kind,
+                   group_id=str(group) if group else None)
+
+
+def flower_transport(nodes: Nodes, examples: dict[int, int], shapes: dict[str, tuple[int, ...]],
+                     config: ConfigRecord) -> rounds.Transport:
+    """`examples`: each client's training samples, as it said at connect; `shapes`: the model's."""
+
+    def local(round_: int, ids: torch.Tensor, stream: int) -> LocalTrain:
+        def train(start: Params, adjust: GradientAdjust | None = None, epochs: int | None = None,
+                  copy: int = 0) -> ClientUpdates:
+            if adjust is not None or epochs or copy or stream != rounds.STREAM_BATCHES:
+                # deployable() refuses such strategies before the run; a hand-written one may still ask
+                raise ConfigError("this strategy needs client-side steps the Flower ClientApp does not run yet")
+            round_config = ConfigRecord({**config, "round": round_})
+            replies = nodes.exchange("train", {
+                client: message({"arrays": to_record({n: p[k : k + 1] for n, p in start.items()}),
+                                 "config": round_config}, nodes.node_of[client], "train", round_)
+                for k, client in enumerate(ids.tolist())
+            }, round_, expected={c: train_expected(shapes, c, examples[c]) for c in ids.tolist()})
+            answered = sorted(replies)
+            trained = [from_record(replies[c].content["arrays"]) for c in answered]
+            metrics = [replies[c].content["metrics"] for c in answered]
+            return ClientUpdates(
+                torch.tensor(answered), torch.tensor([float(m["num-examples"]) for m in metrics]),
+                {n: torch.cat([t[n] for t in trained]) for n in trained[0]},
+                torch.tensor([float(m["steps"]) for m in metrics]), torch.tensor([float(m["loss"]) for m in metrics]),
+            )
+
+        return train
+
+    def evaluate(params: Params, round_: int, cross: bool) -> list[rounds.Score]:
+        """Each node scores its model (the global one, or its own row) on its own and the clean test
+        data. With one global model, client c's model on client t's test data is what t measured."""
+        one = next(iter(params.values())).shape[0] == 1
+        round_config = ConfigRecord({**config, "round": round_})
+        replies = nodes.exchange("evaluate", {
+            client: message({"arrays": to_record(params if one else {n: p[client : client + 1] for n, p in params.items()}),
+                             "config": round_config}, node, "evaluate", round_)
+            for client, node in nodes.node_of.items()
+        }, round_, expected={c: evaluate_expected(c) for c in nodes.node_of})
+        scores = {c: dict(replies[c].content["metrics"]) for c in sorted(replies)}
+        out = []
+        for target, score in scores.items():
+            for client in scores:
+                if client == target:
+                    out.append((client, "own", score["own-accuracy"], score["own-loss"]))
+                elif cross and one:
+                    out.append((client, f"client:{target + 1}", score["own-accuracy"], score["own-loss"]))
+        out.extend((c, "clean", s["clean-accuracy"], s["clean-loss"]) for c, s in scores.items())
+        return out
+
+    return rounds.Transport(len(examples), local, evaluate)

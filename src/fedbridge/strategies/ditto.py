@@ -1,0 +1,53 @@
+"""Ditto (Li et al. 2021): FedAvg trains the global model w; each sampled client also trains its
+personal model v on its own loss + lambda/2 ||v - w||^2 (lambda = 0: training alone; large lambda:
+FedAvg's model). Clients are scored with their personal models; the global one is kept in extra."""
+
+from dataclasses import replace
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from fedbridge.optim import Params
+from fedbridge.strategies import diagnostics
+from fedbridge.strategies.aggregate import difference, weighted_mean
+from fedbridge.strategies.api import (
+    ClientUpdates, Diagnostics, LocalTrain, ServerState, Setup, Strategy, StrategySpec, broadcast,
+)
+from fedbridge.strategies.fedprox import proximal
+from fedbridge.strategies.local_only import init as one_model_per_client
+from fedbridge.strategies.local_only import own_models, with_own
+from fedbridge.strict import Strict
+
+
+class Config(Strict):
+    name: Literal["ditto"]
+    lam: float = Field(default=0.1, ge=0)  # Ditto's lambda: pull of the personal model to the global one
+
+
+def ditto(lam: float) -> Strategy:
+    def init(initial: Params, n_clients: int) -> ServerState:
+        return ServerState(one_model_per_client(initial, n_clients).params, {"global": initial})
+
+    def local(state: ServerState, ids: torch.Tensor, train: LocalTrain) -> ClientUpdates:
+        w = state.extra["global"]
+        shared = train(broadcast(w, len(ids)))
+        personal = train(own_models(state, ids), proximal(lam, w) if lam else None, copy=1)
+        return replace(shared, extra={"personal": personal.params})
+
+    def aggregate(state: ServerState, trained: ClientUpdates) -> tuple[ServerState, Diagnostics]:
+        w = state.extra["global"]
+        updates = difference(trained.params, w)
+        update = weighted_mean(updates, trained.weights)
+        params = with_own(state.params, trained.ids, trained.extra["personal"])
+        new = ServerState(params, {**state.extra, "global": {n: w[n] + update[n] for n in w}})
+        return new, diagnostics.of_updates(trained, updates)
+
+    return Strategy(init, aggregate, local)
+
+
+def build(config: Config, setup: Setup) -> Strategy:
+    return ditto(config.lam)
+
+
+SPEC = StrategySpec(Config, build, {"ditto": "Ditto"}, flower=False)
