@@ -30,3 +30,17 @@ def invoke(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert "Traceback" not in result.output, result.output
     return result
+
+
+def stopping_after(method_name: str, round_: int):
+    """The simulation's `train`, interrupted (as by Ctrl-C) once `method_name` has checkpointed `round_`."""
+    from fedbridge.engines import simulation
+
+    def train(method, federation, exp, seed, on_round, **more):
+        def then_stop(r, records, diagnostics, state):
+            on_round(r, records, diagnostics, state)
+            if method.name == method_name and r == round_:
+                raise KeyboardInterrupt
+        return simulation.train(method, federation, exp, seed, then_stop, **more)
+
+    return train

@@ -12,7 +12,9 @@ import functools
 import gzip
 import hashlib
 import os
+import re
 import socket
+import stat
 import struct
 import threading
 import time
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import CONFIGS, invoke
 from fedbridge.data import catalog, datasets, idx, sources
 from fedbridge.errors import DataError
 
@@ -259,6 +262,51 @@ def test_truncated_cache_entry_is_never_used(tmp_path, capsys, fake):
     err = capsys.readouterr().err
     assert str(entry) in err and "truncated" in err
     assert not entry.exists()
+
+
+# --- something else where a data file should be -------------------------------------------
+
+
+NOT_FILES = {  # how to make each, and how fedbridge names it
+    "directory": (Path.mkdir, "is a directory, not an IDX file"),
+    "fifo": (os.mkfifo, "is a named pipe (FIFO), not an IDX file"),
+    "socket": (lambda p: os.mknod(p, 0o600 | stat.S_IFSOCK), "is a socket, not an IDX file"),
+    "loop": (lambda p: p.symlink_to(p.name), "is a symbolic link that loops"),
+    "dangling": (lambda p: p.symlink_to("gone"), "is a symbolic link to gone, which does not exist"),
+}
+
+
+@pytest.mark.timeout(60)  # opening a named pipe to read it would wait here for ever
+@pytest.mark.parametrize("place", ["--data-dir", "cache"])
+@pytest.mark.parametrize("kind", NOT_FILES)
+def test_run_and_data_check_say_what_stands_where_a_file_should_be(tmp_path, capsys, fake, place, kind):
+    folder = tmp_path / ("given" if place == "--data-dir" else "cache") / "mnist"
+    write_fake(folder, gz=False, content={s: d for s, d in CONTENT.items() if s != TRAIN_IMAGES})
+    make, says = NOT_FILES[kind]
+    make(entry := folder / TRAIN_IMAGES)
+    given = ["--data-dir", folder.parent] if place == "--data-dir" else []
+    for command in (["run", CONFIGS / "seed.toml", *given, "--out", tmp_path / "run"], ["data", "check", *given]):
+        result = invoke(*command)
+        assert result.exit_code == 1, result.output
+        assert f"{folder}: 3 of 4 files; {entry} {says}" in result.output  # not "missing"
+    with pytest.raises(DataError, match=re.escape(f"{entry} {says}")):  # nor when the file is opened
+        idx.read_idx(entry)
+    if place == "cache":  # with a good copy elsewhere the entry is replaced, but a folder is never deleted
+        assert_is_fake(datasets.load_dataset("mnist", write_fake(tmp_path / "good"), download=False))
+        assert f"{entry} {says}" in capsys.readouterr().err
+        assert entry.is_dir() if kind == "directory" else entry.read_bytes() == CONTENT[TRAIN_IMAGES]
+
+
+def test_nothing_is_read_past_the_largest_dataset_file(tmp_path, monkeypatch):
+    assert idx.MAX_FILE_BYTES >= 47_040_016  # MNIST's train images, the largest file, uncompressed
+    monkeypatch.setattr(idx, "MAX_FILE_BYTES", 100)
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    (tmp_path / "big").write_bytes(bytes(101))
+    (tmp_path / "bomb.gz").write_bytes(gzip.compress(bytes(10_000)))
+    for name, says in [("zero", "is a character device"), ("big", "is 101 bytes or more, more than any dataset file"),
+                       ("bomb.gz", "decompresses to more than 100 bytes")]:
+        with pytest.raises(DataError, match=f"{re.escape(str(tmp_path / name))}:? {says}"):
+            idx.read_idx(tmp_path / name)
 
 
 # --- download ------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ def test_deploy_with_tls_gives_the_simulation_engines_weights_and_metrics(tmp_pa
         assert got["accuracy"] == pytest.approx(want["accuracy"], abs=1e-6)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["table"] and summary["left_out"] == []  # every client answered in every round
+    assert summary["engines"] == {"fedavg": "flower"}
 
 
 def test_dead_supernodes_are_left_out_then_the_run_stops_below_the_minimum(tmp_path):

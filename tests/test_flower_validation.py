@@ -278,3 +278,14 @@ def test_follow_hands_back_the_clients_the_run_left_out(tmp_path):
     params, left_out = follow(Cluster("127.0.0.1:1", tmp_path, {}, alive, [alive, dead]), 1, tmp_path,
                               lambda r, records, diagnostics, state: seen.append(r), patience=60)
     assert seen == [1] and torch.equal(params["w"], torch.ones(1, 2)) and left_out == missing
+
+
+@pytest.mark.parametrize("kind", ["directory", "broken link"])
+def test_a_node_data_folder_names_what_stands_where_a_file_should_be(tmp_path, kind):
+    from fedbridge.engines.flower.client_app import FOLDER_FILES, folder_dataset
+    from fedbridge.errors import DataError
+
+    where = tmp_path / FOLDER_FILES[0]
+    where.mkdir() if kind == "directory" else where.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(DataError, match=f"{FOLDER_FILES[0]} is a (directory|symbolic link)"):
+        folder_dataset(tmp_path, "mnist")

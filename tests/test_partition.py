@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 from fedbridge.data import partition
@@ -127,6 +127,116 @@ def test_sizes_property(labels, data):
     parts = partition.sizes(labels, wanted, rng())
     assert [len(p) for p in parts] == wanted
     assert assert_disjoint_sorted(parts).max() < len(labels)
+
+
+# --- every partition on dataset-sized labels ----------------------------------------------------
+
+NAMES = ["iid", "dirichlet", "shards", "quantity", "sizes"]
+
+
+@st.composite
+def dataset_labels(draw) -> np.ndarray:
+    """Several classes of uneven sizes (a class may have a single sample), a few hundred to a few
+    thousand samples, label-sorted (as a dataset file may be) or shuffled."""
+    r = rng(draw(st.integers(0, 2**16)))
+    n_classes = draw(st.integers(2, 10))
+    labels = r.choice(n_classes, size=draw(st.integers(200, 3000)), p=r.dirichlet(np.ones(n_classes)))
+    return np.sort(labels) if draw(st.booleans()) else labels
+
+
+def draw_partition(name: str, labels: np.ndarray, data: st.DataObject) -> tuple[list[np.ndarray], int, int]:
+    """`name` with random valid parameters: (parts, samples it deals, the size each client is promised)."""
+    n = len(labels)
+    k = data.draw(st.integers(1, 20), label="n_clients")
+    r = rng(data.draw(st.integers(0, 2**16), label="seed"))
+    if name == "iid":
+        m = data.draw(st.none() | st.integers(1, n // k), label="samples_per_client")
+        return partition.iid(labels, k, r, samples_per_client=m), n if m is None else k * m, m or n // k
+    if name == "shards":
+        per = data.draw(st.integers(1, 5), label="shards_per_client")
+        size = data.draw(st.none() | st.integers(1, n // (k * per)), label="shard_size")
+        parts = partition.shards(labels, k, r, shards_per_client=per, shard_size=size)
+        size = size or n // (k * per)
+        assert_whole_shards(labels, parts, size, per)
+        return parts, k * per * size, per * size
+    if name == "sizes":
+        wanted = data.draw(st.lists(st.integers(1, n // k), min_size=k, max_size=k), label="sizes")
+        parts = partition.sizes(labels, wanted, r)
+        assert [len(p) for p in parts] == wanted
+        return parts, sum(wanted), min(wanted)
+    method = partition.dirichlet if name == "dirichlet" else partition.quantity
+    alpha = data.draw(st.sampled_from([0.3, 1.0, 10.0]), label="alpha")
+    min_size = data.draw(st.integers(0, 3), label="min_size")
+    try:
+        return method(labels, k, alpha, r, min_size=min_size), n, min_size
+    except ConfigError as e:
+        # a documented refusal (no draw reached min_size), not a wrong partition
+        assert "smallest client got" in str(e)
+        reject()
+
+
+def assert_whole_shards(labels: np.ndarray, parts: list[np.ndarray], size: int, per: int) -> None:
+    # each client holds `per` whole shards of the stably label-sorted data
+    position = np.empty(len(labels), dtype=np.int64)
+    position[np.argsort(labels, kind="stable")] = np.arange(len(labels))
+    for p in parts:
+        assert sorted(np.bincount(position[p] // size).tolist())[-per:] == [size] * per
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=40, deadline=None)
+@given(labels=dataset_labels(), data=st.data())
+def test_every_partition_is_disjoint_in_range_non_empty_and_covers_the_labels(name, labels, data):
+    """The clients' rows are disjoint and within range, each client holds what it was promised (at
+    least one sample, or min_size for dirichlet and quantity), and together they cover the labels:
+    every label when every sample is dealt (iid, dirichlet, quantity); when the config deals only
+    part (sizes, iid's samples_per_client, shards' shard_size, whole shards only), each label with
+    more samples than are left out - so enough samples per label means every label appears."""
+    parts, dealt, promised = draw_partition(name, labels, data)
+    rows = assert_disjoint_sorted(parts)
+    assert len(rows) == dealt and rows.min() >= 0 and rows.max() < len(labels)
+    assert min(len(p) for p in parts) >= promised
+    counts = np.bincount(labels)
+    held = np.bincount(labels[rows], minlength=len(counts))
+    assert np.all(held[counts > len(labels) - dealt] > 0)
+
+
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+@pytest.mark.parametrize("order", ["sorted", "shuffled"])
+@pytest.mark.parametrize("seed", range(5))
+def test_small_shards_are_dealt_from_the_whole_dataset(order, seed):
+    # issue 21: 8 clients x 2 shards of 600 were the first 9,600 label-sorted samples, digits 0 and 1 only
+    labels = np.repeat(np.arange(10), MNIST_TRAIN_COUNTS)
+    if order == "shuffled":
+        labels = rng(99).permutation(labels)
+    parts = partition.shards(labels, 8, rng(seed), shards_per_client=2, shard_size=600)
+    assert [len(p) for p in parts] == [1200] * 8
+    assert len(np.unique(labels[assert_disjoint_sorted(parts)])) > 2
+
+
+def test_small_shards_reach_every_shard_over_seeds():
+    # 20 whole shards of 50, 4 dealt per seed: a selection biased to the first labels would never reach the last
+    labels = np.repeat(np.arange(10), 100)
+    position = np.empty(1000, dtype=np.int64)
+    position[np.argsort(labels, kind="stable")] = np.arange(1000)
+    reached = set()
+    for seed in range(50):
+        for p in partition.shards(labels, 2, rng(seed), shards_per_client=2, shard_size=50):
+            reached |= set((position[p] // 50).tolist())
+    assert reached == set(range(20))
+
+
+def test_default_shards_deal_every_shard_in_the_permutation_order():
+    # McMahan's setting (benchmarks.mcmahan): 100 clients x 2 shards of 300 of 60,000 samples, all 200 dealt,
+    # client i getting the shards at positions 2i, 2i + 1 of rng.permutation(200), as before issue 21
+    labels = rng(5).permutation(np.repeat(np.arange(10), MNIST_TRAIN_COUNTS))
+    cut = np.argsort(labels, kind="stable").reshape(200, 300)
+    dealt = rng(1).permutation(200).reshape(100, 2)
+    parts = partition.shards(labels, 100, rng(1), shards_per_client=2, shard_size=300)
+    assert all(np.array_equal(p, np.sort(cut[row].ravel())) for p, row in zip(parts, dealt))
+    assert all(np.array_equal(p, q) for p, q in zip(parts, partition.shards(labels, 100, rng(1))))
 
 
 # --- seeds ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from conftest import CONFIGS, invoke as run
+from conftest import CONFIGS, invoke as run, stopping_after
 from fedbridge import results
 from fedbridge.errors import FedbridgeError
 
@@ -115,7 +115,6 @@ def test_a_run_interrupted_before_diagnostics_jsonl_existed_resumes_to_the_same_
     # NaN where unsampled) and saved weights stacked [m, ...]; such a run resumes as if made today
     from rich.console import Console
 
-    from fedbridge.engines import simulation
     from fedbridge.experiment import load_experiment
     from fedbridge.study import run_study
 
@@ -124,15 +123,8 @@ def test_a_run_interrupted_before_diagnostics_jsonl_existed_resumes_to_the_same_
     reference, old = tmp_path / "reference", tmp_path / "old"
     run_study(exp, reference, None, Console(quiet=True), quiet=True)
 
-    def stopping(method, federation, exp, seed, on_round, **more):
-        def then_stop(r, records, diagnostics, state):
-            on_round(r, records, diagnostics, state)
-            if method.name == "fedavg" and r == 4:
-                raise KeyboardInterrupt
-        return simulation.train(method, federation, exp, seed, then_stop, **more)
-
     with pytest.raises(KeyboardInterrupt):
-        run_study(exp, old, None, Console(quiet=True), stopping, quiet=True)
+        run_study(exp, old, None, Console(quiet=True), stopping_after("fedavg", 4), quiet=True)
     checkpoint = results.load_checkpoint(old)
     history = torch.full((4, 2), float("nan"))
     scores = {}
@@ -145,6 +137,7 @@ def test_a_run_interrupted_before_diagnostics_jsonl_existed_resumes_to_the_same_
     (old / results.DIAGNOSTICS).unlink()
     local = results.load_weights(old, 0, "local")
     torch.save(local, results.weights_path(old, 0, "local"))  # the old stacked layout
+    (old / results.HASHES).unlink()  # and no hashes of the weights
 
     assert run("run", "--resume", old, "--quiet").exit_code == 0
     assert (old / "metrics.jsonl").read_bytes() == (reference / "metrics.jsonl").read_bytes()

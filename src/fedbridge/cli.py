@@ -1,32 +1,48 @@
 """The `fedbridge` command. Every user-fixable problem ends as one clear message and a non-zero exit."""
 
 import functools
+import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from rich.console import Console
 
-from fedbridge.errors import ConfigError, FedbridgeError
+from fedbridge.errors import ConfigError, FedbridgeError, Stopped, WriteError
 
 # a table piped to a file or CI log keeps its full width instead of being cut to 80 columns
 stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 stderr = Console(stderr=True, soft_wrap=True)
 
 
+def _stop(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
+def stopped(e: KeyboardInterrupt, then: str) -> NoReturn:
+    """Say why the command stopped and what to do next; exit 130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP."""
+    click.echo(f"{f'stopped by {e}' if isinstance(e, Stopped) else 'interrupted'}; {then}", err=True)
+    sys.exit(e.exit_code if isinstance(e, Stopped) else 130)
+
+
 def friendly(command):
-    """Turn fedbridge's own errors into a message and exit code instead of a traceback."""
+    """Turn fedbridge's own errors into a message and exit code instead of a traceback, and SIGTERM
+    and SIGHUP (a service manager stopping it, a closed terminal) into the clean stop of Ctrl-C."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
         try:
             return command(*args, **kwargs)
         except FedbridgeError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted; finished files are complete, summary.json is written only at the end", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as e:
+            stopped(e, "finished files are complete, summary.json is written only at the end")
+        finally:  # for a caller that runs commands in-process (tests, scripts)
+            for sig, handler in previous.items():
+                signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
     return wrapper
 
@@ -56,34 +72,45 @@ def _experiment(config: Path, overrides: tuple[str, ...], seeds: int | None, out
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding mnist/ and fashion-mnist/.")
 @click.option("--resume", type=click.Path(path_type=Path), metavar="RUN_DIR",
               help="Continue an interrupted run from its last finished round, with the config saved in it.")
+@click.option("--engine", type=click.Choice(["simulation"]),
+              help="With --resume: finish a run made by `fedbridge deploy` on the simulation engine (summary.json says so).")
 @click.option("--quiet", is_flag=True, help="No progress and no table; print only the run directory (for scripts).")
 @friendly
 def run(
     config: Path | None, overrides: tuple[str, ...], seeds: int | None, out: Path | None, data_dir: Path | None,
-    resume: Path | None, quiet: bool,
+    resume: Path | None, engine: str | None, quiet: bool,
 ) -> None:
     """Run the study in CONFIG and print the per-client table."""
     from fedbridge.report.table import render
-    from fedbridge.results import SUMMARY, load_run_experiment, read_summary
+    from fedbridge.results import CONFIG, SUMMARY, load_run_experiment
+    from fedbridge.resume import finished_summary
     from fedbridge.study import run_study
 
     if resume is not None:
         if config or overrides or seeds or out:
             raise ConfigError("--resume RUN_DIR continues with the config saved in RUN_DIR; drop CONFIG, --set, --seeds and --out")
         exp, out = load_run_experiment(resume), resume
+    elif engine is not None:
+        raise ConfigError("--engine goes with --resume RUN_DIR: a new run trains on the simulation engine, "
+                          "`fedbridge deploy` on Flower")
     elif config is None:
         raise ConfigError("give a CONFIG file to run (see configs/), or --resume RUN_DIR to continue an interrupted run")
     else:
         exp, out = _experiment(config, overrides, seeds, out, "")
     if resume is not None and (resume / SUMMARY).exists():
+        summary = finished_summary(resume)  # refused if a weights file was damaged or deleted since
         stderr.print(f"{resume} finished already; nothing to resume")
-        summary = read_summary(resume)
     else:
         try:
-            summary = run_study(exp, out, data_dir, stderr, resume=resume is not None, quiet=quiet)
-        except KeyboardInterrupt:
-            click.echo(f"interrupted; to continue from the last finished round: fedbridge run --resume {out}", err=True)
-            sys.exit(130)
+            summary = run_study(exp, out, data_dir, stderr, resume=resume is not None, quiet=quiet,
+                                switch_engine=engine is not None)
+        except KeyboardInterrupt as e:
+            stopped(e, f"to continue from the last finished round: fedbridge run --resume {out}")
+        except WriteError as e:
+            if not (out / CONFIG).is_file():  # it never started: there is nothing to continue
+                raise
+            raise FedbridgeError(f"{e}. What was written before is kept: once that is fixed, continue from "
+                                 f"the last finished round with: fedbridge run --resume {out}") from None
     if not quiet:
         render(summary, stdout)
     stdout.print(f"run directory: {out}")
@@ -162,16 +189,18 @@ def sweep(
     plan = sweeps.plan(config, list(overrides), list(grid), seeds)
     sweeps.check_cells(plan, data_dir)
     out = out or sweeps.default_dir(plan)
-    sweeps.open_sweep_dir(out, plan)
-    if not quiet:
-        stderr.print(f"sweep directory: {out}", highlight=False)
-    try:
-        sweeps.run_all(plan, out, jobs, data_dir, stderr, quiet)
-    except KeyboardInterrupt:
-        click.echo("interrupted; finished runs are kept: run the same command again to do only the rest", err=True)
-        sys.exit(130)
-    summary = sweeps.summarize_sweep(out, plan)
-    write_report(out)
+    with sweeps.open_sweep_dir(out, plan):
+        if not quiet:
+            stderr.print(f"sweep directory: {out}", highlight=False)
+        try:
+            sweeps.run_all(plan, out, jobs, data_dir, stderr, quiet)
+        except KeyboardInterrupt as e:
+            stopped(e, "finished runs are kept: run the same command again to do only the rest")
+        except WriteError as e:
+            raise FedbridgeError(f"{e}. Finished runs are kept: once that is fixed, run the same command again "
+                                 "to do only the rest") from None
+        summary = sweeps.summarize_sweep(out, plan)
+        write_report(out)
     if not quiet:
         render_grid(summary, stdout)
     stdout.print(f"sweep directory: {out} (report: {out / 'report.html'})")

@@ -14,6 +14,7 @@ from pathlib import Path
 import tomli_w
 from rich.console import Console
 
+from fedbridge import lock
 from fedbridge.engines import simulation
 from fedbridge.engines.flower import certificates
 from fedbridge.engines.flower.processes import Cluster, Security, cluster
@@ -23,7 +24,7 @@ from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.experiment import Experiment, Method, Role
 from fedbridge.federation import Federation
 from fedbridge.optim import Params
-from fedbridge.results import write_summary
+from fedbridge.results import create_run_dir, write_summary
 from fedbridge.resume import resolved_config
 from fedbridge.rounds import OnRound
 from fedbridge.study import run_study
@@ -86,25 +87,30 @@ def deploy_study(exp: Experiment, out: Path, data_dir: Path | None, console: Con
     if faults.min_nodes > nodes:
         raise ConfigError(f"--min-nodes {faults.min_nodes} is more than the {nodes} nodes; "
                           f"use at most --min-nodes {nodes}")
-    workdir = Path(tempfile.mkdtemp(prefix="fedbridge-deploy-"))
-    security = certificates.make(workdir / "certificates", nodes) if tls else Security()
-    failed = False
-    left_out: list[dict] = []
-    try:
-        with cluster(nodes, workdir, security, data_dir) as running:
-            summary = run_study(exp, out, data_dir, console, train=flower_train(running, faults, left_out))
-        for line in left_out_lines(left_out):
-            console.print(f"[yellow]warning:[/yellow] {line}")
-        summary["left_out"] = left_out
-        write_summary(out, summary)
-        return summary
-    except Exception:
-        failed = True
-        console.print(f"the SuperLink's and SuperNodes' logs are kept in {workdir}")
-        raise
-    finally:
-        if not failed:  # finished, or stopped by the user: nothing to look into
-            shutil.rmtree(workdir, ignore_errors=True)
+    # an existing run is refused, and a second writer, before any Flower process or temp folder exists;
+    # the study takes the lock again inside, at no cost
+    create_run_dir(out)
+    with lock.hold(out, "deploy again into another --out"):
+        workdir = Path(tempfile.mkdtemp(prefix="fedbridge-deploy-"))
+        security = certificates.make(workdir / "certificates", nodes) if tls else Security()
+        failed = False
+        left_out: list[dict] = []
+        try:
+            with cluster(nodes, workdir, security, data_dir) as running:
+                summary = run_study(exp, out, data_dir, console, train=flower_train(running, faults, left_out),
+                                engine="flower")
+            for line in left_out_lines(left_out):
+                console.print(f"[yellow]warning:[/yellow] {line}")
+            summary["left_out"] = left_out
+            write_summary(out, summary)
+            return summary
+        except Exception:
+            failed = True
+            console.print(f"the SuperLink's and SuperNodes' logs are kept in {workdir}")
+            raise
+        finally:
+            if not failed:  # finished, or stopped by the user: nothing to look into
+                shutil.rmtree(workdir, ignore_errors=True)
 
 
 def left_out_lines(left_out: list[dict]) -> list[str]:

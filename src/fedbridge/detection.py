@@ -56,6 +56,16 @@ def auc_by_round(diagnostics: list[Diagnostic], noisy: list[bool], rounds: int) 
     return {name: [roc_auc(row, noisy) for row in rows] for name, rows in history.items()}
 
 
+def pair_curves(diagnostics: list[Diagnostic], seed: int, method: str, noisy: list[bool],
+                rounds: int) -> dict[str, list[float | None]] | None:
+    """One (seed, method)'s curves from a run's diagnostics, or None where there is nothing to
+    measure: no diagnostics of it, or every client noisy, or none."""
+    mine = [d for d in diagnostics if d["seed"] == seed and d["method"] == method]
+    if not mine or not any(noisy) or all(noisy):
+        return None
+    return auc_by_round(mine, noisy, rounds)
+
+
 def summary(curves: list[list[float | None]]) -> dict:
     """Several seeds' AUC curves of one score: their mean per round, its first and last value, and
     the round from which it stays reliable."""

@@ -4,13 +4,16 @@
 validates; every problem becomes a ConfigError naming the key, the bad value and what is allowed.
 """
 
+import reprlib
+import stat
 import tomllib
+import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedbridge.data import corrupt
 from fedbridge.errors import ConfigError
@@ -19,12 +22,18 @@ from fedbridge.strategies import registry
 from fedbridge.strategies.api import Setup
 from fedbridge.strategies.fedavg import Config as FedAvg
 from fedbridge.strategies.registry import StrategyConfig
-from fedbridge.strict import Strict
+from fedbridge.strict import MAX_BATCH_SIZE, MAX_CLIENTS, MAX_LOCAL_EPOCHS, MAX_ROUNDS, MAX_SEEDS, Strict
+
+# a config is a page of TOML; anything larger is not one (and /dev/zero would be read forever)
+MAX_CONFIG_BYTES = 2**20
+# `name` is one folder name, runs/NAME-TIME: 100 characters, and 200 bytes for those that take
+# several, leave room under the 255 bytes a file name may have for "-deploy-YYYYmmdd-HHMMSS-N"
+MAX_NAME_CHARS, MAX_NAME_BYTES = 100, 200
 
 
 class Data(Strict):
     name: Literal["mnist", "fashion-mnist", "digits"] = "mnist"
-    dir: Path | None = None  # beats FEDBRIDGE_DATA
+    dir: Path | None = Field(default=None, strict=False)  # beats FEDBRIDGE_DATA; TOML gives it as a string
     # used only when `name` cannot be found: the study then runs on scikit-learn's digits and says so
     fallback: Literal["digits"] | None = None
 
@@ -90,7 +99,7 @@ class Profile(BaseModel):
 
 
 class ClientGroup(Strict):
-    count: int = Field(default=1, ge=1)
+    count: int = Field(default=1, ge=1, le=MAX_CLIENTS)
     profile: Profile = Profile(name="clean")
 
 
@@ -98,9 +107,9 @@ class Train(Strict):
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(gt=0)
     momentum: float = Field(default=0.0, ge=0, lt=1)
-    batch_size: int = Field(gt=0)
-    local_epochs: int = Field(default=1, ge=1)
-    rounds: int = Field(ge=1)
+    batch_size: int = Field(gt=0, le=MAX_BATCH_SIZE)
+    local_epochs: int = Field(default=1, ge=1, le=MAX_LOCAL_EPOCHS)
+    rounds: int = Field(ge=1, le=MAX_ROUNDS)
     client_fraction: float = Field(default=1.0, gt=0, le=1)
 
 
@@ -112,7 +121,7 @@ class Eval(Strict):
 class Experiment(Strict):
     name: str = "experiment"
     seed: int = Field(default=0, ge=0)
-    seeds: int = Field(default=1, ge=1)
+    seeds: int = Field(default=1, ge=1, le=MAX_SEEDS)
     data: Data = Data()
     partition: Partition = IID(name="iid")
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
@@ -161,8 +170,17 @@ class Experiment(Strict):
         k = clients_per_round(self.n_clients, t.client_fraction)
         return Setup(self.n_clients, k, t.client_fraction, t.optimizer, t.momentum, t.lr)
 
+    @field_validator("name")
+    @classmethod
+    def _one_file_name(cls, name: str) -> str:
+        if problem := _file_name_problem(name):
+            raise ValueError(f"{problem}; name is one folder name (runs/NAME-TIME), to write elsewhere use --out DIR")
+        return name
+
     @model_validator(mode="after")
     def _consistent(self) -> "Experiment":
+        if self.n_clients > MAX_CLIENTS:
+            raise ValueError(f"the clients groups add up to {self.n_clients:,} clients; at most {MAX_CLIENTS:,}")
         if isinstance(self.partition, Sizes) and len(self.partition.sizes) != self.n_clients:
             raise ValueError(
                 f"partition.sizes has {len(self.partition.sizes)} entries but the clients groups "
@@ -202,6 +220,22 @@ class Method:
     strategy: BaseModel | None = None
 
 
+def _file_name_problem(name: str) -> str | None:
+    """Why `name` cannot be one file name in any folder, or None."""
+    if not name.strip():
+        return "it is empty or blank"
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if len(name) > MAX_NAME_CHARS or size > MAX_NAME_BYTES:
+        return (f"it is {len(name):,} characters, {size:,} bytes as UTF-8; at most {MAX_NAME_CHARS} characters "
+                f"and {MAX_NAME_BYTES} bytes")
+    if "/" in name or "\\" in name or ".." in name:
+        return "it holds a path separator or '..'"
+    # Cc: NUL and the other control characters; Cs: a lone surrogate, which no file system can store
+    if bad := next((c for c in name if unicodedata.category(c) in ("Cc", "Cs")), None):
+        return f"it holds the control character {bad!r}"
+    return None
+
+
 def clients_per_round(n_clients: int, fraction: float) -> int:
     """max(1, round(C * K)) clients take part in each round (McMahan et al.)."""
     return max(1, round(fraction * n_clients))
@@ -238,7 +272,22 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    except RecursionError:
+        raise ConfigError(f"--set {key.strip()}: the value is nested too deeply to be a config value") from None
     return key.strip(), value
+
+
+def _union_names(union: Any) -> list[str]:
+    """The `name`s that tell a tagged union's tables apart, in order."""
+    return [name for table in get_args(get_args(union)[0]) for name in get_args(table.model_fields["name"].annotation)]
+
+
+# what `partition.name` and `strategy.name` may be, for the message when one is missing or unknown
+_NAMES = {"partition": _union_names(Partition), "strategy": _union_names(StrategyConfig)}
+
+# a 5,000-character value is shown cut short, not printed whole into the message
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
 
 
 def _describe(error: dict) -> str:
@@ -250,6 +299,11 @@ def _describe(error: dict) -> str:
     if not loc:
         return msg
     where = ".".join(loc)
+    if error["type"] in ("union_tag_not_found", "union_tag_invalid") and where in _NAMES:
+        allowed = f"choose one of {', '.join(_NAMES[where])} (README, 'Experiments')"
+        if error["type"] == "union_tag_not_found":
+            return f"{where}.name is missing; {allowed}"
+        return f"{where}.name = {_SHORT.repr(error['input']['name'])} is unknown; {allowed}"
     if error["type"] == "extra_forbidden" and loc[0] == "strategy":
         return f"{where}: unknown key for strategy.name = {tag!r} (its keys are in README, 'Strategies')"
     if error["type"] == "extra_forbidden" and loc[0] == "partition":
@@ -257,7 +311,7 @@ def _describe(error: dict) -> str:
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown key (check the spelling; see configs/ for the keys each table takes)"
     got = error.get("input")
-    shown = "" if isinstance(got, dict) or error["type"] == "missing" else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) or error["type"] == "missing" else f" (got {_SHORT.repr(got)})"
     return f"{where}: {msg}{shown}"
 
 
@@ -269,16 +323,39 @@ def validate(tree: dict, origin: str = "config") -> Experiment:
         raise ConfigError(f"{origin} is not valid:\n{lines}") from None
 
 
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def _read_config(path: Path) -> str:
+    """The text of `path`, if it is a regular file of a config's size: reading a FIFO would wait for
+    a writer forever, and /dev/zero never ends."""
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+        raise ConfigError(f"config file {path} is {kind}, not a file; give a TOML file (see configs/)")
+    with path.open("rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)  # not st_size: /proc files say 0 and a file may grow
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES // 2**20} MiB, which no config is; "
+                          "give the experiment's TOML file (see configs/)")
+    return data.decode()
+
+
 def load_experiment(path: Path, overrides: list[str] = ()) -> tuple[Experiment, dict]:
     """The validated experiment and the resolved TOML tree it came from."""
     try:
-        tree = tomllib.loads(Path(path).read_text())
+        tree = tomllib.loads(_read_config(Path(path)))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; see configs/ for ready ones") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply to be a config; see configs/") from None
     except OSError as e:
         raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
+    except ValueError as e:  # a path holding NUL, from the Python API
+        raise ConfigError(f"config file {path!r} is not a path: {e}") from None
     for text in overrides:
         _set(tree, *parse_override(text))
     origin = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)

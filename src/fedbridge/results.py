@@ -4,8 +4,11 @@ run is under way, checkpoint.pt.
 Files are written whole or not at all (temp file + rename), so a crash never leaves a
 half-written summary; an existing run is never overwritten. metrics.jsonl is appended to, so a
 crash may cut its last line: readers skip it and `resume` rewrites the file to the checkpoint.
+Every weights file's sha256 is recorded when it is written (weights.sha256), so a file damaged
+since is told from the finished method it claims to be.
 """
 
+import hashlib
 import json
 import math
 import statistics
@@ -19,16 +22,27 @@ import torch
 from fedbridge import schema
 from fedbridge.errors import FedbridgeError
 from fedbridge.experiment import Experiment, load_experiment
-from fedbridge.files import atomic_write
+from fedbridge.files import atomic_write, writing
+from fedbridge.lock import LOCK
 
 CONFIG, METRICS, SUMMARY, WEIGHTS = "config.toml", "metrics.jsonl", "summary.json", "weights"
 DIAGNOSTICS = "diagnostics.jsonl"
+RUN_INFO = "run.json"  # which engine trains the run's strategy: a resume must not change it quietly
 SWEEP_SPEC = "sweep.json"  # what tells a sweep directory from a run directory
 CHECKPOINT = "checkpoint.pt"
+# one file beside weights/, not in it (weights/ holds nothing but the state dicts, one per seed and
+# method), in sha256sum's format so `sha256sum -c weights.sha256` checks the weights without fedbridge
+HASHES = "weights.sha256"
+
+
+def _made_by_create_run_dir(entry: Path) -> bool:
+    return entry.name == LOCK or (entry.name == WEIGHTS and entry.is_dir() and not any(entry.iterdir()))
 
 
 def create_run_dir(path: Path) -> Path:
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    """Make a new run directory; an existing run is never overwritten. A folder holding only what this
+    makes (the lock file, an empty weights/) was stopped before it wrote anything, and counts as new."""
+    if path.exists() and (not path.is_dir() or not all(map(_made_by_create_run_dir, path.iterdir()))):
         raise FedbridgeError(
             f"run directory {path} already exists and {'is not empty' if path.is_dir() else 'is a file'}; "
             "nothing was changed in it. Choose another --out, or remove it first."
@@ -44,9 +58,29 @@ def write_config(run: Path, config: dict) -> None:
     atomic_write(run / CONFIG, tomli_w.dumps(config))
 
 
+def write_engine(run: Path, engine: str) -> None:
+    atomic_write(Path(run) / RUN_INFO, json.dumps({"engine": engine}))
+
+
+def read_engine(run: Path) -> str:
+    """The engine that trains the run's strategy: "simulation" or "flower" (run.json; runs made before
+    it was kept ran on the simulation engine, as `fedbridge deploy` runs could not be resumed then)."""
+    path = Path(run) / RUN_INFO
+    if not path.exists():
+        return "simulation"
+    try:
+        engine = json.loads(path.read_bytes())["engine"]
+    except (ValueError, KeyError, TypeError, OSError):
+        engine = None
+    if engine not in ("simulation", "flower"):
+        raise FedbridgeError(f"{path} is damaged (it says which engine trains the strategy, "
+                             '{"engine": "simulation"} or {"engine": "flower"}); write the right one back to resume')
+    return engine
+
+
 def append_lines(run: Path, name: str, records: list[dict]) -> None:
     """Append records to the JSON-lines file `name` (METRICS or DIAGNOSTICS) of a run."""
-    with open(run / name, "a") as f:
+    with writing(run / name), open(run / name, "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
 
 
@@ -55,17 +89,18 @@ def _read_lines(run: Path, name: str, problem_of: Callable[[str], str | None], w
     path = Path(run) / name
     if not path.exists():
         return []
-    lines = path.read_text().split("\n")
+    lines = path.read_bytes().split(b"\n")
     records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
         try:
+            line = raw.decode("utf-8")  # JSON's encoding, whatever the locale's
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except ValueError as e:  # UnicodeDecodeError or JSONDecodeError
             if number == len(lines):  # no newline after it: the write was cut, not the file corrupted
                 break
-            problem = "not JSON"
+            problem = f"not UTF-8 text: byte {e.start + 1}" if isinstance(e, UnicodeDecodeError) else "not JSON"
         else:
             problem = problem_of(line)
         if problem:
@@ -95,18 +130,77 @@ def weights_path(run: Path, seed: int, method: str) -> Path:
 
 
 def weights_saved(run: Path, seed: int, method: str) -> bool:
-    """Whether that seed's method finished: its weights are written only once it has."""
+    """Whether that seed's method has a weights file: written only once it finished (weights_problem
+    says whether the file is still what it finished with)."""
     return weights_path(run, seed, method).is_file()
+
+
+def retrain_fix(run: Path) -> str:
+    """How a seed's method whose weights are damaged or gone is trained again: by --resume, once
+    summary.json no longer says that the run finished."""
+    first = f"delete {Path(run) / SUMMARY}, then " if (Path(run) / SUMMARY).exists() else ""
+    return f"{first}`fedbridge run --resume {run}` trains that method of that seed again and keeps the rest"
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _recorded_hashes(run: Path) -> dict[str, str]:
+    """weights/NAME -> the sha256 of that file when save_weights wrote it."""
+    path = Path(run) / HASHES
+    if not path.exists():
+        return {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return {name: digest for digest, name in (line.split("  ", 1) for line in lines if line)}
+    except ValueError:  # not UTF-8, or a line that is no "DIGEST  NAME"
+        raise FedbridgeError(
+            f"{path} is damaged (not sha256sum's lines); delete it, and each weights file is then taken as "
+            "finished when it loads, as in runs made before hashes were recorded"
+        ) from None
+
+
+def _hash_matches(run: Path, path: Path) -> bool | None:
+    """Whether the weights file `path` has the sha256 recorded when it was written; None if none was."""
+    recorded = _recorded_hashes(run).get(f"{WEIGHTS}/{path.name}")
+    return None if recorded is None else _sha256(path) == recorded
+
+
+_DIFFERS = f"differs from the sha256 recorded when it was written ({HASHES}): it was damaged or replaced since"
+
+
+def weights_problem(run: Path, seed: int, method: str) -> str | None:
+    """Why that seed's method's weights file is not what the method finished with, or None if it is."""
+    path = weights_path(run, seed, method)
+    if not path.is_file():
+        return "does not exist"
+    matches = _hash_matches(run, path)
+    if matches is None:
+        # runs made before hashes were recorded (or whose weights.sha256 was deleted): a file that
+        # loads is taken as finished, the only check there is for them
+        try:
+            _stacked(torch.load(path, weights_only=True))
+        except Exception as e:  # torch raises many kinds for a damaged file; all mean the same here
+            return f"cannot be read as saved weights ({type(e).__name__})"
+        return None
+    return None if matches else _DIFFERS
 
 
 def save_weights(run: Path, seed: int, method: str, params: dict[str, torch.Tensor]) -> None:
     """Save stacked parameters [m, ...] as state dicts that `torch.load` + `load_state_dict` read without
-    fedbridge: one model (m = 1) is the file's whole content, m per-client models are under "client1", ..."""
+    fedbridge: one model (m = 1) is the file's whole content, m per-client models are under "client1", ...
+    Its sha256 is recorded in weights.sha256 after it is written: a crash in between leaves a whole file
+    with no hash, which is taken as finished when it loads."""
     m = next(iter(params.values())).shape[0]
     # clone: a row saved as a view would carry the storage of every model with it
     models = [{name: p[i].clone() for name, p in params.items()} for i in range(m)]
     content = models[0] if m == 1 else {f"client{i + 1}": model for i, model in enumerate(models)}
-    atomic_write(weights_path(run, seed, method), lambda tmp: torch.save(content, tmp))
+    path = weights_path(run, seed, method)
+    atomic_write(path, lambda tmp: torch.save(content, tmp))
+    hashes = _recorded_hashes(run) | {f"{WEIGHTS}/{path.name}": _sha256(path)}
+    atomic_write(Path(run) / HASHES, "".join(f"{digest}  {name}\n" for name, digest in sorted(hashes.items())))
 
 
 def _stacked(content: dict) -> dict[str, torch.Tensor]:
@@ -131,8 +225,11 @@ def _load(path: Path, what: str, fix: str, read: Callable[[dict], dict] = lambda
 def load_weights(run: Path, seed: int, method: str) -> dict[str, torch.Tensor] | None:
     """The saved parameters stacked [m, ...] (m = 1 for one global model), from any layout a run directory holds."""
     path = weights_path(run, seed, method)
-    fix = "delete it, and its method of that seed is trained again on resume (or re-run the study)"
-    return _load(path, "saved weights", fix, _stacked) if path.exists() else None
+    if not path.exists():
+        return None
+    if _hash_matches(run, path) is False:
+        raise FedbridgeError(f"{path} {_DIFFERS}; {retrain_fix(run)}")
+    return _load(path, "saved weights", retrain_fix(run), _stacked)
 
 
 def save_checkpoint(run: Path, checkpoint: dict) -> None:
@@ -140,10 +237,16 @@ def save_checkpoint(run: Path, checkpoint: dict) -> None:
     atomic_write(run / CHECKPOINT, lambda tmp: torch.save(checkpoint, tmp))
 
 
-def load_checkpoint(run: Path) -> dict | None:
+def checkpoint_fix(run: Path) -> str:
+    """What to do with a checkpoint.pt that is damaged or not this run's."""
+    return (f"delete it, and `fedbridge run --resume {run}` starts the method it was training again from round 0 "
+            "(the methods finished before it are kept; their training time is then not known)")
+
+
+def load_checkpoint(run: Path) -> object | None:
+    """What checkpoint.pt holds, as loaded: resume.restore checks it against the run."""
     path = Path(run) / CHECKPOINT
-    fix = "delete it, and the method it was training starts again from round 0 on resume"
-    return _load(path, "a checkpoint", fix) if path.exists() else None
+    return _load(path, "a checkpoint", checkpoint_fix(run)) if path.exists() else None
 
 
 def write_summary(run: Path, summary: dict) -> None:
@@ -168,7 +271,29 @@ def read_summary(run: Path) -> dict:
             f"{path} is not a fedbridge summary ({problem}); it was edited or damaged: re-run the study into a "
             "new --out"
         )
+    if not sweep:
+        _check_final_round(Path(run), summary)
     return summary
+
+
+def _check_final_round(run: Path, summary: dict) -> None:
+    """That metrics.jsonl still holds the last round each row of the summary's table was made from: a
+    method whose lines stop early (cut or edited since) would otherwise draw short curves in a report and
+    leave a sweep's table short, silently."""
+    if not (run / METRICS).exists():
+        return  # a summary.json on its own (copied out of its run): its table is all there is to read
+    rounds, seeds = summary["rounds"], summary["seeds"]
+    final = {(r["seed"], r["client"], r["method"], r["test_set"]) for r in read_metrics(run) if r["round"] == rounds}
+    for row in summary["table"]:
+        missing = [s for s in seeds if (s, row["client"], row["method"], row["test_set"]) not in final]
+        if len(seeds) - len(missing) < row["n_seeds"]:
+            files = " and ".join(str(weights_path(run, s, row["method"])) for s in missing)
+            raise FedbridgeError(
+                f"{run / METRICS} has no round {rounds} of {row['method']} (seed {', '.join(map(str, missing))}, "
+                f"client {row['client']}, {row['test_set']} test set), which {run / SUMMARY} was made from: it was cut "
+                f"or edited since the run finished. Restore it from a copy, or delete {files} and {run / SUMMARY}, "
+                f"and `fedbridge run --resume {run}` trains that method again"
+            )
 
 
 def load_run_experiment(run: Path) -> Experiment:
@@ -185,15 +310,27 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def confidence_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
-    """Student-t interval for the mean over seeds; None for one seed, where there is no spread to go on."""
+# what a sweep's quantities can be, as fractions: an accuracy, or a gain (the difference of two)
+BOUNDS = {"local": (0.0, 1.0), "federated": (0.0, 1.0), "gain": (-1.0, 1.0)}
+
+
+def clip(interval: tuple[float, float], bounds: tuple[float, float]) -> tuple[float, float]:
+    return max(interval[0], bounds[0]), min(interval[1], bounds[1])
+
+
+def confidence_interval(
+    values: list[float], level: float = 0.95, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> tuple[float, float] | None:
+    """Student-t interval for the mean over seeds, clipped to `bounds` (what the mean can be: the t
+    interval is symmetric and passes them near 0% or 100%; the true mean lies within, so clipping never
+    loses it); None for one seed, where there is no spread to go on."""
     if len(values) < 2:
         return None
     import scipy.stats  # here, not at the top: it takes a second to import and only sweeps need it
 
     mean, std = mean_std(values)
     half = scipy.stats.t.ppf((1 + level) / 2, len(values) - 1) * std / math.sqrt(len(values))
-    return mean - half, mean + half
+    return clip((mean - half, mean + half), bounds)
 
 
 def paired_gains(final_records: list[dict], strategy: str) -> dict[int, list[float]]:

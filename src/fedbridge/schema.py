@@ -13,6 +13,8 @@ from typing_extensions import NotRequired, TypedDict  # pydantic needs this Type
 LOCAL, POOLED = "local", "pooled"
 
 Seeds = Annotated[list[int], Field(min_length=1)]  # the tables caption "seed N" from the first
+# a share of test images: never NaN (a test set is never empty), unlike a diverged loss
+Accuracy = Annotated[float, Field(ge=0, le=1)]
 
 
 class Record(TypedDict):
@@ -24,7 +26,7 @@ class Record(TypedDict):
     client: int
     profile: str
     test_set: str  # "own", "clean" or "client:N"
-    accuracy: float
+    accuracy: Accuracy
     loss: float
 
 
@@ -44,9 +46,9 @@ class Row(TypedDict):
     profile: str
     method: str
     test_set: str
-    accuracy_mean: float
-    accuracy_std: float
-    n_seeds: int
+    accuracy_mean: Accuracy
+    accuracy_std: Annotated[float, Field(ge=0)]
+    n_seeds: Annotated[int, Field(ge=1)]
 
 
 class Detection(TypedDict):
@@ -56,7 +58,9 @@ class Detection(TypedDict):
     reliable_from: int | None
 
 
-class Diverged(TypedDict):
+class Pair(TypedDict):
+    """One seed's method: what summary.json's warnings (diverged, chance) name."""
+
     seed: int
     method: str
 
@@ -70,13 +74,16 @@ class RunSummary(TypedDict):
     rounds: int
     methods: list[str]
     strategy: str
-    seconds_per_method: dict[str, float]
+    # null for a method whose training time was lost: summary.json rebuilt by --resume without a checkpoint
+    seconds_per_method: dict[str, float | None]
     versions: dict[str, str]
     table: list[Row]
-    # the next three are absent in runs made before they were recorded
+    # the next four are absent in runs made before they were recorded
     threads: NotRequired[int]
     detection: NotRequired[dict[str, dict[str, Detection]]]
-    diverged: NotRequired[list[Diverged]]
+    diverged: NotRequired[list[Pair]]
+    chance: NotRequired[list[Pair]]
+    engines: NotRequired[dict[str, str]]  # what trained each method; absent before runs could be deployed
     left_out: NotRequired[list[dict[str, Any]]]  # `fedbridge deploy` only
     # what the models take and give, so a saved model is rebuilt without the data; older runs lack them
     input_shape: NotRequired[Annotated[list[int], Field(min_length=3, max_length=3)]]

@@ -9,8 +9,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from fedbridge import detection, results
+from fedbridge import detection, lock, results
+from fedbridge.bounds import check_fits
 from fedbridge.engines import simulation
+from fedbridge.errors import ConfigError
 from fedbridge.experiment import Experiment, Method, Role
 from fedbridge.federation import Federation, build_federation, client_rows, resolve_dataset
 from fedbridge.optim import Params
@@ -79,51 +81,73 @@ class _Writer:
     def _detection(self, federation: Federation, seed: int, method: Method) -> None:
         """How well the pair's diagnostics found the noisy clients, once it has all its rounds."""
         noisy = [c.profile != "clean" for c in federation.clients]
-        if method.role is not Role.FEDERATED or not any(noisy) or all(noisy):
-            return
-        mine = [d for d in results.read_diagnostics(self.out) if d["seed"] == seed and d["method"] == method.name]
-        if mine:
-            curves = detection.auc_by_round(mine, noisy, self.exp.train.rounds)
+        if method.role is Role.FEDERATED and (curves := detection.pair_curves(
+                results.read_diagnostics(self.out), seed, method.name, noisy, self.exp.train.rounds)):
             self.position.detection.setdefault(str(seed), {})[method.name] = curves
+
+
+def _engines(out: Path, exp: Experiment, engine: str, switch: bool) -> dict[str, str]:
+    """What trains each method: the baselines always run in process, the strategy on the run's engine;
+    a run resumed on another engine says so."""
+    recorded = results.read_engine(out) if (out / results.CONFIG).exists() else engine
+    if recorded != engine and not switch:
+        raise ConfigError(
+            f"{out} trains its strategy on {recorded}, and a {recorded} run cannot be continued there yet; to finish "
+            f"it on the {engine} engine instead (summary.json says so): fedbridge run --resume {out} --engine {engine}"
+        )
+    label = recorded if recorded == engine else f"{recorded}, resumed on {engine}"
+    return {m.name: label if m.role is Role.FEDERATED and m.name == exp.strategy.name else "simulation"
+            for m in exp.methods}
 
 
 def run_study(
     exp: Experiment, out: Path, data_dir: Path | None, console: Console, train: Train = simulation.train,
-    *, resume: bool = False, quiet: bool = False,
+    *, resume: bool = False, quiet: bool = False, engine: str = "simulation", switch_engine: bool = False,
 ) -> dict:
     """Train every method for every seed with `train` and write the run directory.
 
     After each evaluated round the server state is checkpointed; with `resume`, `out` is an
-    interrupted run of this same `exp` and only what it had not finished is trained.
+    interrupted run of this same `exp` and only what it had not finished is trained. `engine` names
+    what `train` runs the strategy on ("simulation", or "flower" for `fedbridge deploy`); a resume on
+    another engine than the run's is refused unless `switch_engine`, and is then marked in summary.json.
     """
     dataset, exp, note = resolve_dataset(exp, data_dir)
+    check_fits(exp, dataset)  # before every seed's partition is drawn and held, and before the run directory
     seeds = [exp.seed + i for i in range(exp.seeds)]
     # a partition the data cannot give (too few samples, too large a test fraction) fails here,
     # before a run directory exists that would block re-running with the value fixed
     rows = {seed: client_rows(dataset.train_labels, exp, seed) for seed in seeds}
-    if resume:
-        position = restore(out, exp, seeds)
-        note = position.note or note
-    else:
-        position = fresh(exp)
+    if not resume:
         results.create_run_dir(out)
-        results.write_config(out, resolved_config(exp))
-    if note:
-        console.print(f"[yellow]note:[/yellow] {note}")
-    rounds = exp.train.rounds
-    with progress_bar(console, "rounds", quiet) as progress:
-        task = progress.add_task(exp.name, total=len(seeds) * len(exp.methods) * rounds,
-                                 completed=position.rounds_done(rounds), status="")
-        writer = _Writer(out, exp, position, progress, task, quiet, note, config_fingerprint(exp))
+    # one writer at a time: a second run or resume of this directory is refused before restore()
+    # cuts its metrics back or anything else is written (the lock file lives in the directory)
+    with lock.hold(out, f"continue it with: fedbridge run --resume {out}"):
+        engines = _engines(out, exp, engine, switch_engine)
         if resume:
-            writer.final = [r for r in results.read_metrics(out) if r["round"] == rounds]
-        for seed in seeds:
-            todo = [m for m in exp.methods if (seed, m.name) not in position.finished]
-            if todo:
-                federation = build_federation(dataset, exp, seed, rows[seed])
-                for method in todo:
-                    writer.pair(train, federation, seed, method)
-    summary = summarize(exp, dataset, note, seeds, writer.final, position.seconds, position.detection)
-    results.write_summary(out, summary)
-    (out / results.CHECKPOINT).unlink(missing_ok=True)
+            position = restore(out, exp, seeds, dataset)
+            note = position.note or note
+        else:
+            position = fresh(exp)
+            results.write_config(out, resolved_config(exp))
+            results.write_engine(out, engine)
+        if note:
+            console.print(f"[yellow]note:[/yellow] {note}")
+        for why in position.retrained:
+            console.print(f"[yellow]warning:[/yellow] {why}")
+        rounds = exp.train.rounds
+        with progress_bar(console, "rounds", quiet) as progress:
+            task = progress.add_task(exp.name, total=len(seeds) * len(exp.methods) * rounds,
+                                     completed=position.rounds_done(rounds), status="")
+            writer = _Writer(out, exp, position, progress, task, quiet, note, config_fingerprint(exp))
+            if resume:
+                writer.final = [r for r in results.read_metrics(out) if r["round"] == rounds]
+            for seed in seeds:
+                todo = [m for m in exp.methods if (seed, m.name) not in position.finished]
+                if todo:
+                    federation = build_federation(dataset, exp, seed, rows[seed])
+                    for method in todo:
+                        writer.pair(train, federation, seed, method)
+        summary = summarize(exp, dataset, note, seeds, writer.final, position.seconds, position.detection, engines)
+        results.write_summary(out, summary)
+        (out / results.CHECKPOINT).unlink(missing_ok=True)
     return summary

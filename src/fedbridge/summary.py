@@ -2,6 +2,8 @@
 each federated method, how well each noisy-client detection score found the noisy clients."""
 
 import platform
+import statistics
+from collections import defaultdict
 
 import torch
 
@@ -13,14 +15,35 @@ from fedbridge.experiment import Experiment
 # A final test loss above this (or NaN) means training blew up, usually from too large a learning rate:
 # a uniform guess scores ln(10) = 2.3 nats, and models that learned anything score below 1.
 DIVERGED_LOSS = 1e3
+# A method whose mean accuracy on the clean test set ends at or below this many times chance (1 in
+# num_classes) learned nothing usable: a guess scores 1/K give or take a few points on test sets of a
+# few hundred images, and a model that learned anything scores far above (on two clients of 300
+# digits, an untrained MLP scores 11%, one round of Adam 38-44%). The clean test set, not a client's
+# own: a client whose labels are noise scores near chance on its own test labels even with a good
+# model. Accuracy, not the loss: a model that always answers one class is at chance whatever its loss.
+CHANCE_FACTOR = 1.5
+
+
+def _pairs(pairs: set[tuple[int, str]]) -> list[dict]:
+    return [{"seed": s, "method": m} for s, m in sorted(pairs)]
+
+
+def _at_chance(final: list[dict], num_classes: int) -> set[tuple[int, str]]:
+    clean: dict[tuple[int, str], list[float]] = defaultdict(list)
+    for r in final:
+        if r["test_set"] == "clean":
+            clean[(r["seed"], r["method"])].append(r["accuracy"])
+    return {pair for pair, accs in clean.items() if statistics.fmean(accs) <= CHANCE_FACTOR / num_classes}
 
 
 def summarize(
     exp: Experiment, dataset: Dataset, note: str | None, seeds: list[int], final: list[dict],
-    seconds: dict[str, list[float]], curves: dict[str, dict[str, dict[str, list]]],
+    seconds: dict[str, list[float | None]], curves: dict[str, dict[str, dict[str, list]]], engines: dict[str, str],
 ) -> dict:
-    """`final`: the last round's metrics records; `curves`: detection ROC-AUC per round,
-    {seed: {method: {score: [auc per round]}}}."""
+    """`final`: the last round's metrics records; `seconds`: each method's training time per finished
+    pair, None where it is not known; `curves`: detection ROC-AUC per round, {seed: {method: {score:
+    [auc per round]}}}."""
+    diverged = {(r["seed"], r["method"]) for r in final if not r["loss"] <= DIVERGED_LOSS}
     by_method: dict[str, dict[str, list]] = {}
     for per_method in curves.values():
         for method, scores in per_method.items():
@@ -35,15 +58,17 @@ def summarize(
         "rounds": exp.train.rounds,
         "methods": [m.name for m in exp.methods],
         "strategy": exp.strategy.name,
-        "seconds_per_method": {m: results.mean_std(s)[0] for m, s in seconds.items() if s},
+        # None (null) where a pair's time was lost: summary.json rebuilt by --resume without the checkpoint
+        "seconds_per_method": {m: None if None in s else results.mean_std(s)[0] for m, s in seconds.items() if s},
         # float32 sums inside the kernels run in another order on another thread count
         "threads": torch.get_num_threads(),
+        "engines": engines,  # what trained each method: "simulation", "flower", or "flower, resumed on simulation"
         "versions": {"fedbridge": fedbridge.__version__, "torch": torch.__version__, "python": platform.python_version()},
         # what Study.model builds the saved weights into
         "input_shape": [1, *dataset.train_images.shape[1:]],
         "num_classes": dataset.num_classes,
         "table": results.table(final),
-        "diverged": [{"seed": s, "method": m} for s, m in sorted(
-            {(r["seed"], r["method"]) for r in final if not r["loss"] <= DIVERGED_LOSS})],
+        "diverged": _pairs(diverged),
+        "chance": _pairs(_at_chance(final, dataset.num_classes) - diverged),  # a diverged one is warned of already
         "detection": {m: {score: detection.summary(c) for score, c in scores.items()} for m, scores in by_method.items()},
     }

@@ -14,24 +14,28 @@ import itertools
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
-from fedbridge import files, results
+from fedbridge import files, lock, results
+from fedbridge.bounds import check_fits
 from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.data.datasets import load_dataset
 from fedbridge.experiment import Experiment, load_experiment
 from fedbridge.federation import client_rows, resolve_dataset
 from fedbridge.progress import progress_bar, say
 from fedbridge.schema import LOCAL
+from fedbridge.strict import MAX_SEEDS
 
 RUNS, LOGS = "runs", "logs"
 
@@ -117,6 +121,8 @@ def plan(config: Path, overrides: list[str], grid: list[str], n_seeds: int) -> S
         raise ConfigError("give at least one --grid KEY=V1,V2,...; to run one config, use `fedbridge run`")
     if any(o.partition("=")[0].strip() == "seeds" for o in overrides):
         raise ConfigError("--set seeds=N: a sweep runs each cell once per seed, as many as --seeds N says; use --seeds")
+    if n_seeds > MAX_SEEDS:  # the bound of a run's `seeds` (README, "Experiments"), each seed here a run of its own
+        raise ConfigError(f"--seeds {n_seeds}: at most {MAX_SEEDS:,} seeds a cell")
     parsed = tuple(parse_grid(g) for g in grid)
     keys = [k for k, _ in parsed]
     if len(set(keys)) < len(keys):
@@ -131,13 +137,14 @@ def plan(config: Path, overrides: list[str], grid: list[str], n_seeds: int) -> S
 
 
 def check_cells(sweep: Sweep, data_dir: Path | None) -> None:
-    """Every cell's partition for every seed, from the data, before any run starts: a cell the data
-    cannot give (partition sizes beyond the dataset, say) would otherwise fail only after the cells
-    before it had run."""
+    """Every cell's fit to the data and the machine (bounds.check_fits) and its partition for every
+    seed, before any run starts: a cell the data cannot give (partition sizes beyond the dataset,
+    say) would otherwise fail only after the cells before it had run."""
     load = functools.cache(load_dataset)  # cells mostly share one dataset: read it once
     for cell, exp in zip(sweep.cells, sweep.exps):
         dataset, exp, _ = resolve_dataset(exp, data_dir, load)
         try:
+            check_fits(exp, dataset)
             for seed in sweep.seeds:
                 client_rows(dataset.train_labels, exp, seed)
         except ConfigError as e:
@@ -150,26 +157,33 @@ def default_dir(sweep: Sweep) -> Path:
     return Path("sweeps") / f"{sweep.exps[0].name}-{digest}"
 
 
-def open_sweep_dir(out: Path, sweep: Sweep) -> None:
+@contextmanager
+def open_sweep_dir(out: Path, sweep: Sweep) -> Iterator[None]:
+    """Make or reopen the sweep directory and hold its lock for the block: a second copy of the sweep
+    is refused while this one runs (its runs and its summary would mix with this one's)."""
     spec_path = out / results.SWEEP_SPEC
-    if spec_path.exists():
-        try:
-            existing = json.loads(spec_path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise FedbridgeError(f"{spec_path} is not readable JSON; it was damaged, choose another --out") from None
-        if existing != sweep.spec():
-            raise FedbridgeError(
-                f"{out} holds a different sweep (its {results.SWEEP_SPEC} differs in config, --set, --grid or --seeds); "
-                "nothing was changed in it. Run that sweep's command to continue it, or choose another --out."
-            )
-        return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    # a sweep stopped before its sweep.json was written leaves only the lock file
+    if not spec_path.exists() and out.exists() and (
+            not out.is_dir() or any(p.name != lock.LOCK for p in out.iterdir())):
         raise FedbridgeError(f"{out} exists and is not a sweep directory; nothing was changed in it. Choose another --out.")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FedbridgeError(f"cannot create sweep directory {out}: {e.strerror}; choose another --out") from None
-    files.atomic_write(spec_path, json.dumps(sweep.spec(), indent=1))
+    with lock.hold(out, "run the same sweep command again to continue it"):
+        if spec_path.exists():
+            try:
+                existing = json.loads(spec_path.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise FedbridgeError(f"{spec_path} is not readable JSON; it was damaged, choose another --out") from None
+            if existing != sweep.spec():
+                raise FedbridgeError(
+                    f"{out} holds a different sweep (its {results.SWEEP_SPEC} differs in config, --set, --grid or "
+                    "--seeds); nothing was changed in it. Run that sweep's command to continue it, or choose another --out."
+                )
+        else:
+            files.atomic_write(spec_path, json.dumps(sweep.spec(), indent=1))
+        yield
 
 
 def run_dir(out: Path, cell: Cell, seed: int) -> Path:
@@ -191,11 +205,44 @@ def command(sweep: Sweep, out: Path, cell: Cell, seed: int, data_dir: Path | Non
     base += ["--data-dir", str(data_dir)] if data_dir else []
     if (target / results.CONFIG).exists():
         return [*base, "--resume", str(target)]
-    if target.exists() and not any(p.is_file() for p in target.rglob("*")):
-        # killed before its config was written: it holds only an empty weights/ folder
-        shutil.rmtree(target)
+    # one killed before its config was written holds only the lock and an empty weights/, and
+    # `fedbridge run --out` takes such a folder as new
     sets = [*sweep.overrides, *cell.overrides, f"seed={seed}", "seeds=1"]
     return [*base, str(sweep.config), *(a for s in sets for a in ("--set", s)), "--out", str(target)]
+
+
+# a run that exits as stopped by Ctrl-C, SIGTERM or SIGHUP (fedbridge.errors.Stopped) or is killed by one
+_STOPPED = {code for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) for code in (128 + s, -s)}
+
+
+class _Runs:
+    """The sweep's running `fedbridge run` processes. Ctrl-C reaches them by itself (the terminal
+    signals the whole process group), a SIGTERM or SIGHUP sent to the sweep alone does not: stop()
+    passes it on, and keeps queued runs from starting."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen] = set()
+        self._stopped = False
+
+    def call(self, args: list[str], **popen) -> int:
+        with self._lock:
+            if self._stopped:  # a queued run a worker took just as the sweep stopped
+                return -signal.SIGTERM
+            child = subprocess.Popen(args, **popen)
+            self._running.add(child)
+        try:
+            return child.wait()
+        finally:
+            with self._lock:
+                self._running.discard(child)
+
+    def stop(self) -> None:
+        """Each running run stops as on Ctrl-C, keeping its finished rounds; no queued one starts."""
+        with self._lock:
+            self._stopped = True
+            for child in self._running:
+                child.terminate()
 
 
 def run_all(
@@ -204,17 +251,21 @@ def run_all(
     """Run every (cell, seed) that has no summary yet, `jobs` processes at a time."""
     todo = [(c, s) for c in sweep.cells for s in sweep.seeds if not (run_dir(out, c, s) / results.SUMMARY).exists()]
     total = len(sweep.cells) * len(sweep.seeds)
-    (out / LOGS).mkdir(exist_ok=True)
+    with files.writing(out / LOGS):
+        (out / LOGS).mkdir(exist_ok=True)
     # the cores are shared out between the runs instead of every run grabbing all of them
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
     failed: list[str] = []
+    runs = _Runs()
 
     def one(cell: Cell, seed: int) -> tuple[int, float]:
         log = out / LOGS / f"{cell.name}-seed{seed}.log"
         start = time.perf_counter()
-        with open(log, "a") as f:
-            code = subprocess.call(command(sweep, out, cell, seed, data_dir), stdout=f, stderr=subprocess.STDOUT,
-                                   env=env, preexec_fn=_die_with_parent)
+        with files.writing(log):
+            f = open(log, "a")
+        with f:
+            code = runs.call(command(sweep, out, cell, seed, data_dir), stdout=f, stderr=subprocess.STDOUT,
+                             env=env, preexec_fn=_die_with_parent)
         return code, time.perf_counter() - start
 
     with progress_bar(console, "runs", quiet) as progress:
@@ -229,7 +280,7 @@ def run_all(
                 cell, seed = futures[future]
                 code, seconds = future.result()
                 label = f"{', '.join(cell.overrides)} · seed {seed}"
-                if code in (130, -signal.SIGINT):
+                if code in _STOPPED:
                     raise KeyboardInterrupt
                 if code != 0:
                     log = out / LOGS / f"{cell.name}-seed{seed}.log"
@@ -241,9 +292,11 @@ def run_all(
                     status = f"{own[-1]} ({label})"
                     say(progress, quiet, f"done {label} in {seconds:.0f} s · own test %: {', '.join(own)}")
                 progress.update(task, advance=1, status=status)
+        except BaseException:  # Ctrl-C, a signal, or an error here: the runs under way stop too
+            runs.stop()
+            raise
         finally:
-            # on Ctrl-C the running children stop with it; the queued ones must not start
-            pool.shutdown(cancel_futures=True)
+            pool.shutdown(cancel_futures=True)  # the queued runs must not start
     if failed:
         raise FedbridgeError(
             f"{len(failed)} of {total} runs failed; the others are kept, and running the same sweep again "
@@ -267,7 +320,7 @@ def _last_line(log: Path) -> str:
 
 def summarize_sweep(out: Path, sweep: Sweep) -> dict:
     """Per cell and client: local-only and federated own-test accuracy and their paired gain,
-    each with mean, sample std and a Student-t 95% CI over seeds."""
+    each with mean, sample std and a Student-t 95% CI over seeds, clipped to what the quantity can be."""
     rows, dataset, source = [], None, None
     for cell, exp in zip(sweep.cells, sweep.exps):
         final: list[dict] = []
@@ -287,7 +340,7 @@ def summarize_sweep(out: Path, sweep: Sweep) -> dict:
         for quantity, by_client in quantities.items():
             for client, values in sorted(by_client.items()):
                 mean, std = results.mean_std(values)
-                ci = results.confidence_interval(values)
+                ci = results.confidence_interval(values, bounds=results.BOUNDS[quantity])
                 rows.append({
                     "cell": dict(cell.values), "client": client, "profile": profiles[client],
                     "strategy": exp.strategy.name, "quantity": quantity, "mean": mean, "std": std,

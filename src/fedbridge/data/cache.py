@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import platformdirs
 
-from fedbridge.data.idx import Corrupt, read_bytes, verify
+from fedbridge.data.idx import Corrupt, read_bytes, unreadable, verify
 from fedbridge.errors import DataError
 from fedbridge.files import atomic_write
 
@@ -41,13 +41,19 @@ def store(folder: Path, stem: str, data: bytes) -> None:
     """Write verified, uncompressed bytes into the cache atomically (a crash never leaves half a file)."""
     target = folder / stem
     try:
-        if target.is_file():
-            if target.read_bytes() == data:
+        if os.path.lexists(target):
+            why = unreadable(target)
+            if why is None and read_bytes(target) == data:
                 return
-            _warn(f"cache entry {target} differs from the verified source; replacing it")
+            if target.is_dir() and not target.is_symlink():
+                # a folder is never ours to delete; the data is loaded all the same
+                _warn(f"cache entry {target} is a directory, not an IDX file; remove it to let fedbridge cache the file")
+                return
+            # a named pipe, socket or dangling link is only a name: the atomic rename replaces it
+            _warn(f"cache entry {target} {why or 'differs from the verified source'}; replacing it")
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(target, data)
-    except OSError as e:
+    except (OSError, DataError) as e:
         # The cache only saves time; loading still succeeds without it.
         _warn(f"cannot write cache entry {target} ({e}); continuing without caching it")
 

@@ -60,9 +60,11 @@ class Range:
 
 
 NONNEGATIVE = Range(0.0)
-POSITIVE = Range(0.0, low_open=True)
 PROBABILITY = Range(0.0, 1.0)
 COUNT = Range(1, integer=True)
+# blur's kernel has 2 ceil(3 sigma) + 1 taps at offsets -r..r in float32, which holds every integer
+# exactly only up to 2**24: beyond it taps collide (and sigma = 1e30 asked for 6e30 of them)
+BLUR_SIGMA = Range(0.0, 2**24 / 3, low_open=True)
 
 
 def clean(images: Tensor) -> Tensor:
@@ -97,7 +99,7 @@ def blur(images: Tensor, sigma: float) -> Tensor:
     background, and unlike reflect padding it puts no upper limit on sigma. The cost is that
     a bright region touching the border darkens there. Deterministic.
     """
-    POSITIVE.check("blur", "sigma", sigma)
+    BLUR_SIGMA.check("blur", "sigma", sigma)
     radius = math.ceil(3 * sigma)
     x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
     kernel = torch.exp(-(x**2) / (2 * sigma**2))
@@ -167,7 +169,7 @@ PROFILES: dict[str, Profile] = {
     "clean": Profile(clean, "image", needs_generator=False),
     "gaussian": Profile(gaussian, "image", {"sigma": NONNEGATIVE}),
     "salt_pepper": Profile(salt_pepper, "image", {"p": PROBABILITY}),
-    "blur": Profile(blur, "image", {"sigma": POSITIVE}, needs_generator=False),
+    "blur": Profile(blur, "image", {"sigma": BLUR_SIGMA}, needs_generator=False),
     "occlusion": Profile(occlusion, "image", {"size": COUNT}),
     "symmetric": Profile(symmetric, "label", {"rate": PROBABILITY}),
     "pair_flip": Profile(pair_flip, "label", {"rate": PROBABILITY}),
@@ -197,8 +199,8 @@ def apply_profile(
 def check_profile(name: str, params: dict[str, object]) -> None:
     """Validate a profile name and its parameters without data, so a bad config fails at load.
 
-    What depends on the data (an occlusion square larger than the images) is checked later, by
-    the profile function itself.
+    What depends on the data (an occlusion square larger than the images, a blur's memory) is
+    checked with the data before a run starts (fedbridge.bounds), and by the profile function itself.
     """
     profile = _lookup(name)
     _check_param_names(name, profile, params)

@@ -101,13 +101,16 @@ def shards(
     shards_per_client: int = 2,
     shard_size: int | None = None,
 ) -> list[np.ndarray]:
-    """McMahan et al. 2017: sort by label, cut into equal shards, deal a few to each client.
+    """McMahan et al. 2017: sort by label, cut into equal shards, deal a few to each client at random.
 
     Indices are sorted by label with a stable sort, so within a class the original order is
-    kept. Shard s holds sorted positions [s * shard_size, (s + 1) * shard_size); samples past
-    the last whole shard are left out. Shards are dealt in the order of
-    `rng.permutation(n_clients * shards_per_client)`: client i gets the i-th run of
-    `shards_per_client` entries.
+    kept. The sorted data is cut into all its whole shards, shard s holding sorted positions
+    [s * shard_size, (s + 1) * shard_size); the fewer than shard_size samples past the last whole
+    shard are left out. The first n_clients * shards_per_client entries of
+    `rng.permutation(number of whole shards)` are dealt: client i gets the i-th run of
+    `shards_per_client` of them. The default shard_size (N // (n_clients * shards_per_client))
+    makes about that many whole shards, so (almost) every sample is dealt; a smaller one deals a
+    random selection of the whole shards, from the whole dataset rather than its first labels.
     """
     n = _check_labels(labels)
     _check_n_clients(n_clients, n)
@@ -126,9 +129,11 @@ def shards(
             f"shard_size={shard_size} x {n_shards} shards = {n_shards * shard_size} exceeds "
             f"the {n} samples available; use shard_size <= {n // n_shards}"
         )
-    by_label = np.argsort(labels, kind="stable")[: n_shards * shard_size]
-    cut = by_label.reshape(n_shards, shard_size)
-    dealt = rng.permutation(n_shards).reshape(n_clients, shards_per_client)
+    whole = n // shard_size
+    cut = np.argsort(labels, kind="stable")[: whole * shard_size].reshape(whole, shard_size)
+    # When every whole shard is dealt (the default size, mostly) this is a permutation of them all,
+    # as in McMahan et al.; otherwise a random selection, so small shards span every label's part.
+    dealt = rng.permutation(whole)[:n_shards].reshape(n_clients, shards_per_client)
     return _sorted_parts([cut[row].ravel() for row in dealt])
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from fedbridge.data.cache import cache_dir
 from fedbridge.data import catalog
 from fedbridge.data.catalog import DatasetSpec
-from fedbridge.data.idx import FILES, Corrupt, decompress, read_bytes, verify
+from fedbridge.data.idx import FILES, Corrupt, decompress, describe, read_bytes, unreadable, verify
+from fedbridge.errors import DataError
 
 ENV_DATA = "FEDBRIDGE_DATA"
 # Debian's dataset-fashion-mnist package installs the four .gz files under this folder.
@@ -26,6 +27,8 @@ class Candidate:
     found: dict[str, Path] = field(default_factory=dict)  # file name (no .gz) -> file there
     problems: dict[str, str] = field(default_factory=dict)  # file name -> why it fails
     checked: bool = False
+    # what stands where a file should be and is not one: path -> why ("is a directory, not an IDX file")
+    unusable: dict[Path, str] = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -40,15 +43,20 @@ class Candidate:
             return f"{self.where}: {'not set' if self.where == ENV_DATA else 'not given'}"
         head = f"{self.where} {self.folder}"
         if not self.folder.is_dir():
-            return f"{head}: {'not a folder' if self.folder.exists() else 'folder does not exist'}"
-        missing = [f for f in FILES if f not in self.found]
+            if not os.path.lexists(self.folder):
+                return f"{head}: folder does not exist"
+            return f"{head}: not a folder, it {describe(self.folder)}"
+        blocked = {path.name.removesuffix(".gz") for path in self.unusable}
+        missing = [f for f in FILES if f not in self.found and f not in blocked]
         parts = [f"{len(self.found)} of {len(FILES)} files"]
         if missing:
             parts.append("missing " + ", ".join(f"{f}[.gz]" for f in missing))
+        fix = "remove it and fedbridge rebuilds the entry" if self.where == "cache" else "put the file itself there"
+        parts += [f"{path} {why} ({fix})" for path, why in self.unusable.items()]
         if self.checked:
             parts += [f"{self.found[f].name} FAILS: {why}" for f, why in self.problems.items()]
             if not self.problems and self.found:
-                parts.append("those found verify" if missing else "all verify")
+                parts.append("those found verify" if missing or self.unusable else "all verify")
         return f"{head}: " + "; ".join(parts)
 
 
@@ -63,9 +71,9 @@ def locate(name: str, data_dir: Path | None = None) -> list[Candidate]:
         for stem, path in cand.found.items():
             try:
                 verify(name, stem, decompress(read_bytes(path)))
-            except Corrupt as e:
+            except (Corrupt, DataError) as e:  # DataError: it changed since it was found
                 problems[stem] = str(e)
-        out.append(Candidate(cand.where, cand.folder, cand.found, problems, checked=True))
+        out.append(Candidate(cand.where, cand.folder, cand.found, problems, checked=True, unusable=cand.unusable))
     return out
 
 
@@ -78,7 +86,11 @@ def candidates(name: str, data_dir: Path | None) -> list[Candidate]:
         ("cache", cache_dir() / name),
         ("system", SYSTEM_DIR / name),
     ]
-    return [Candidate(where, folder, _find_files(folder)) for where, folder in places]
+    out = []
+    for where, folder in places:
+        found, unusable = _find_files(folder)
+        out.append(Candidate(where, folder, found, unusable=unusable))
+    return out
 
 
 def not_in_given(spec: DatasetSpec, given: Candidate) -> str:
@@ -104,19 +116,29 @@ def not_found(spec: DatasetSpec, looked: list[Candidate], failures: list[str]) -
 
 
 def _dataset_folder(name: str, root: Path) -> Path:
-    # Users point at either the parent (holding mnist/) or the dataset folder itself.
-    for sub in catalog.spec(name).folders:
-        if (root / sub).is_dir():
-            return root / sub
-    return root
+    # Users point at either the parent (holding mnist/) or the dataset folder itself; something by
+    # the dataset's name that is not a folder (a named pipe, a looping link) is reported as such.
+    subs = [root / sub for sub in catalog.spec(name).folders]
+    return next((p for p in subs if p.is_dir()), next((p for p in subs if os.path.lexists(p)), root))
 
 
-def _find_files(folder: Path | None) -> dict[str, Path]:
-    found = {}
+def _find_files(folder: Path | None) -> tuple[dict[str, Path], dict[Path, str]]:
+    """The files found in `folder`, and what stands where a file should be without being one."""
+    found: dict[str, Path] = {}
+    unusable: dict[Path, str] = {}
+    if folder is None or not folder.is_dir():
+        return found, unusable
     for stem in FILES:
+        odd = {}
         # Prefer the uncompressed file when both exist (torchvision's raw/ folders): no gunzip.
-        for path in (folder / stem, folder / f"{stem}.gz") if folder else ():
-            if path.is_file():
+        for path in (folder / stem, folder / f"{stem}.gz"):
+            why = unreadable(path)
+            if why is None:
                 found[stem] = path
                 break
-    return found
+            # a directory, a named pipe or a looping link is not "missing": say what it is
+            if os.path.lexists(path):
+                odd[path] = why
+        else:
+            unusable.update(odd)
+    return found, unusable

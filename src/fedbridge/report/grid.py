@@ -4,6 +4,8 @@
 from rich.console import Console
 from rich.table import Table
 
+from fedbridge import results
+
 
 def interval(row: dict | None, signed: bool = False) -> str:
     """'+1.2 ± 0.4 [+0.3, +2.1]' in percentage points: mean ± std [95% CI]; just the mean for one seed."""
@@ -12,7 +14,9 @@ def interval(row: dict | None, signed: bool = False) -> str:
     fmt = "{:+.1f}" if signed else "{:.1f}"
     text = fmt.format(100 * row["mean"])
     if row["ci_low"] is not None and row["ci_high"] is not None:
-        low, high = (fmt.format(100 * row[k]) for k in ("ci_low", "ci_high"))
+        # clipped here too for sweep summaries written before summarize_sweep clipped them
+        interval = results.clip((row["ci_low"], row["ci_high"]), results.BOUNDS[row["quantity"]])
+        low, high = (fmt.format(100 * end) for end in interval)
         text += f" ± {100 * row['std']:.1f} [{low}, {high}]"
     return text
 

@@ -72,9 +72,9 @@ def confusion(true: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> 
     return torch.bincount(true * num_classes + predicted, minlength=num_classes**2).view(num_classes, num_classes)
 
 
-def data_sections(run: Path, exp: Experiment, summary: dict, data_dir: Path | None) -> list[str]:
+def data_sections(run: Path, exp: Experiment, summary: dict, data_dir: Path | None, damaged: set) -> list[str]:
     """Sample images per client and the weakest client's confusion matrices: these need the data
-    itself, rebuilt exactly as the run's first seed saw it."""
+    itself, rebuilt exactly as the run's first seed saw it, and the weights (not `damaged` ones)."""
     try:
         dataset, exp, _ = resolve_dataset(exp, data_dir)
     except DataError as e:
@@ -95,9 +95,9 @@ def data_sections(run: Path, exp: Experiment, summary: dict, data_dir: Path | No
     )]
     own = {r["client"]: r["accuracy_mean"] for r in summary["table"] if r["test_set"] == "own" and r["method"] == LOCAL}
     strategy = summary["strategy"]
-    before, after = results.load_weights(run, seed, LOCAL), results.load_weights(run, seed, strategy)
-    if not own or before is None or after is None:
+    if not own or {(seed, LOCAL), (seed, strategy)} & damaged:  # those are named at the top of the report
         return out
+    before, after = results.load_weights(run, seed, LOCAL), results.load_weights(run, seed, strategy)
     weakest = min(own, key=own.get)
     client = federation.clients[weakest - 1]
 
@@ -115,6 +115,15 @@ def data_sections(run: Path, exp: Experiment, summary: dict, data_dir: Path | No
     return out
 
 
+def damaged_section(run: Path, damaged: dict[tuple[int, str], str]) -> str:
+    """The weights files that are not what their method finished with, first: the report still draws
+    everything else, which comes from metrics.jsonl."""
+    lines = "".join(f'<p class="note">{html.escape(f"{results.weights_path(run, *pair)} {problem}")}</p>'
+                    for pair, problem in damaged.items())
+    return section("Damaged weights", lines, f"The table and curves come from metrics.jsonl and stand; the "
+                   f"confusion matrices need the first seed's weights. To have them again, {results.retrain_fix(run)}.")
+
+
 def run_page(run: Path, summary: dict, data_dir: Path | None) -> str:
     metrics = results.read_metrics(run)
     exp = results.load_run_experiment(run)
@@ -122,7 +131,9 @@ def run_page(run: Path, summary: dict, data_dir: Path | None) -> str:
     final = [r for r in metrics if r["round"] == summary["rounds"]]
     profiles = {r["client"]: r["profile"] for r in [*final, *summary["table"]]}
     spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
-    sections = [
+    damaged = {(s, m): problem for s in seeds for m in summary["methods"] if (problem := results.weights_problem(run, s, m))}
+    sections = [damaged_section(run, damaged)] if damaged else []
+    sections += [
         section("What joining the federation changed", terminal_table(lambda console: render(summary, console)),
                 "gain = own-test accuracy with the federation − alone, in percentage points."),
         section("Accuracy per round", image(plots.curves(metrics, strategy, profiles), "accuracy per round per client"),
@@ -132,7 +143,7 @@ def run_page(run: Path, summary: dict, data_dir: Path | None) -> str:
     if LOCAL in summary["methods"]:
         gains = results.paired_gains(final, strategy)
         sections.append(section("Gain per client", image(plots.gain_bars(gains, profiles, strategy), "gain per client")))
-    sections += data_sections(run, exp, summary, data_dir)
+    sections += data_sections(run, exp, summary, data_dir, set(damaged))
     versions = ", ".join(f"{k} {v}" for k, v in summary["versions"].items())
     sections += [
         section("Configuration", f"<pre>{html.escape((run / results.CONFIG).read_text())}</pre>", f"Versions: {versions}."),

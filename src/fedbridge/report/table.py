@@ -85,3 +85,9 @@ def render(summary: dict, console: Console) -> None:
             "huge or NaN), so its accuracies are those of a broken model; usually a step too large for it: lower "
             "train.lr, or the strategy's step or pull (server_lr, mu, lam)"
         )
+    for d in summary.get("chance", []):
+        console.print(
+            f"[yellow]warning:[/yellow] seed {d['seed']}, {title(d['method'])}: it ends at chance accuracy on the "
+            "clean test set (no better than a guess), so it learned nothing usable; usually a step too small or too "
+            "large for it (train.lr, or the strategy's server_lr), too few rounds, or labels that are mostly noise"
+        )

@@ -11,12 +11,12 @@ from fedbridge.strategies.api import ClientUpdates, LocalTrain, ServerState, Set
 from fedbridge.strategies.fedper import frozen, head_names, shared_body_aggregate
 from fedbridge.strategies.local_only import init as one_model_per_client
 from fedbridge.strategies.local_only import own_models
-from fedbridge.strict import Strict
+from fedbridge.strict import MAX_LOCAL_EPOCHS, Strict
 
 
 class Config(Strict):
     name: Literal["fedrep"]
-    head_epochs: int = Field(default=1, ge=1)
+    head_epochs: int = Field(default=1, ge=1, le=MAX_LOCAL_EPOCHS)
 
 
 def fedrep(head_epochs: int) -> Strategy:

@@ -10,12 +10,12 @@ from pydantic import Field
 from fedbridge.optim import Params
 from fedbridge.strategies.api import LocalTrain, ServerState, Setup, Strategy, StrategySpec, broadcast
 from fedbridge.strategies.fedavg import FEDAVG
-from fedbridge.strict import Strict
+from fedbridge.strict import MAX_LOCAL_EPOCHS, Strict
 
 
 class Config(Strict):
     name: Literal["finetune"]
-    epochs: int = Field(default=1, ge=1)
+    epochs: int = Field(default=1, ge=1, le=MAX_LOCAL_EPOCHS)
 
 
 def finetune(epochs: int) -> Strategy:

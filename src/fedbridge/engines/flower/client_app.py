@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 
 from fedbridge.data.cache import cache_dir
 from fedbridge.data.datasets import Dataset, load_dataset
-from fedbridge.data.idx import read_idx
+from fedbridge.data.idx import read_idx, unreadable
 from fedbridge.engines.flower.arrays import from_record, to_record
 from fedbridge.errors import ConfigError, DataError
 from fedbridge.experiment import IID, ClientGroup, Experiment
@@ -41,10 +41,12 @@ def folder_dataset(folder: Path, name: str) -> Dataset:
     """A node's own data: the four IDX files (gzipped or not) of FOLDER_FILES in `folder`."""
     arrays = []
     for stem in FOLDER_FILES:
-        found = [p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()]
+        found = [p for p in (folder / stem, folder / f"{stem}.gz") if p.exists() or p.is_symlink()]
         if not found:
             raise DataError(f"data-folder {folder} has no {stem}(.gz); it must hold {', '.join(FOLDER_FILES)} "
                             "(this node's training data and a test set), as IDX files")
+        if problem := unreadable(found[0]):  # a folder, a pipe or a broken link where the file should be
+            raise DataError(f"data-folder {folder}: {found[0].name} {problem}; put the IDX file itself there")
         arrays.append(read_idx(found[0]))
     train_images, train_labels, test_images, test_labels = arrays
     return Dataset(name, train_images, train_labels.astype(np.int64), test_images, test_labels.astype(np.int64),

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import tomli_w
 
-from fedbridge.errors import FedbridgeError
+from fedbridge.errors import FedbridgeError, Stopped
 
 HOST = "127.0.0.1"
 CONNECTION = "fedbridge"  # the SuperLink connection's name in FLWR_HOME/config.toml, for the `flwr` CLI
@@ -208,5 +208,5 @@ def cluster(nodes: int, workdir: Path, security: Security = Security(), data_dir
 
 
 def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    raise Stopped(signum)  # exits 128 + signum through the CLI, as a shell reports it
 

@@ -1,0 +1,196 @@
+"""What a run asks of its data and of the machine, checked before its run directory exists.
+
+`check_fits(exp, dataset)` refuses, with a ConfigError naming the key, its value and the fix, what
+validation alone cannot know and training would only find out later (a traceback, or a
+MemoryError, after the run directory exists and blocks the corrected re-run): a profile that does
+not fit the images, and a run whose memory, estimated from the data, the model and the config,
+exceeds the machine's.
+
+The estimate counts what the study holds at once while it trains: the dataset and its federation,
+every seed's partition, the clients' models, one evaluation chunk of every client's model and one
+client's local training (a batch and its epochs' batch schedule: fedbridge.local trains at least
+one client at a time). Each part is counted at or near what was measured, and what is small beside
+them (the interpreter, torch itself) is left out, so a run it refuses would not have fit; one it
+passes can still be short of memory on a machine busy with other work.
+"""
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedbridge import kernels
+from fedbridge.data.datasets import Dataset
+from fedbridge.errors import ConfigError
+from fedbridge.experiment import IID, Experiment, Shards, Sizes
+from fedbridge.models import build_model, count_params
+from fedbridge.schema import POOLED
+
+# test images local.evaluate scores at once: every evaluated model's activations for this many
+EVAL_CHUNK = 2000
+# the batch schedule keeps 32 bytes per slot: positions, rows and labels as int64, weights and
+# sample weights as float32 (local.batch_schedule and local._train_chunk)
+SCHEDULE_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Need:
+    """One part of a run's memory: what it is, its bytes, and the config key that sets its size."""
+
+    what: str
+    bytes: int
+    key: str
+    value: object
+    fix: str
+
+
+def check_fits(exp: Experiment, dataset: Dataset) -> None:
+    """Refuse `exp` on `dataset` if a profile does not fit the images or the run does not fit in memory."""
+    shape = (1, *dataset.train_images.shape[1:])  # federation.to_float adds the channel axis
+    _profiles_fit(exp, shape, dataset.name)
+    available = machine_memory()
+    needs = memory_needs(exp, dataset, shape)
+    total = sum(n.bytes for n in needs)
+    if available is None or total <= available:
+        return
+    largest = sorted(needs, key=lambda n: -n.bytes)
+    top = largest[0]
+    # the parts that make the total, not every small one
+    parts = "; ".join(f"{n.what}: {_size(n.bytes)}" for n in largest[:3] if n.bytes >= total / 100)
+    raise ConfigError(
+        f"{top.key} = {top.value!r}: this run needs about {_size(total)} of memory, more than this machine's "
+        f"{_size(available)}; {top.fix}. The largest parts of the estimate: {parts}"
+    )
+
+
+def _profiles_fit(exp: Experiment, shape: tuple[int, int, int], data: str) -> None:
+    _, height, width = shape
+    for i, group in enumerate(exp.clients):
+        size = group.profile.params.get("size")
+        if group.profile.name == "occlusion" and size > min(height, width):
+            raise ConfigError(
+                f"clients.{i}.profile.size = {size}: an occlusion square of {size}x{size} does not fit in "
+                f"the {height}x{width} images of {data}; choose a size of at most {min(height, width)}"
+            )
+
+
+def memory_needs(exp: Experiment, dataset: Dataset, shape: tuple[int, int, int]) -> list[Need]:
+    """The parts of the run's memory, in bytes, each with the key to change to make it smaller."""
+    pixels = math.prod(shape)
+    n_train, n_test = len(dataset.train_labels), len(dataset.test_labels)
+    dealt, largest = _dealt(exp, n_train)
+    own_train = math.ceil(largest * (1 - exp.test_fraction))
+    # pooled training's one participant holds everyone's training data
+    trainee = math.ceil(dealt * (1 - exp.test_fraction)) if any(m.name == POOLED for m in exp.methods) else own_train
+    model = build_model(exp.model, shape, dataset.num_classes)
+    outputs = _layer_outputs(model, shape)
+    k, batch = exp.n_clients, exp.train.batch_size
+    epochs_key, epochs = _epochs(exp)
+    steps = epochs * math.ceil(trainee / batch)
+    return [
+        Need("the dataset, and its federation as float32", (n_train + n_test) * pixels + 4 * pixels * (dealt + n_test),
+             "data.name", exp.data.name, "choose a smaller dataset or partition"),
+        *_blur_needs(exp, shape, own_train),
+        # a seed's partition: every dealt sample's row as int64, in a train and a test array a client
+        Need(f"{exp.seeds} seeds' partitions, all drawn before the first round",
+             exp.seeds * (8 * dealt + 2 * k * sys.getsizeof(np.empty(0, np.int64))),
+             "seeds", exp.seeds, "run fewer seeds, or the rest in another run starting at `seed`"),
+        # every client's own model (the local baseline, personalised strategies), and the round's
+        # start and trained models with their gradients and optimizer state
+        Need(f"the models of {k:,} clients", 4 * count_params(model) * (k + 5 * exp.setup.clients_per_round),
+             "clients", [g.count for g in exp.clients], "run fewer clients (clients.N.count) or a smaller model"),
+        # evaluation runs every client's model on the same chunk of test images at once; a layer's
+        # input and output are alive together
+        Need(f"evaluating {k:,} models on {min(EVAL_CHUNK, n_test):,} images at once",
+             4 * k * min(EVAL_CHUNK, n_test) * max(a + b for a, b in zip(outputs, outputs[1:] + [0])),
+             "clients", [g.count for g in exp.clients], "run fewer clients (clients.N.count) or a smaller model"),
+        # a batch is its full size even beyond a client's data (the rest is padding); the peak
+        # memory of one client's training measured 0.95-1.4x this (mlp, 2nn, cnn; sgd and adam)
+        Need(f"a batch of {batch:,} images of {'x'.join(map(str, shape))} with the model's activations",
+             4 * batch * (pixels + sum(outputs)), "train.batch_size", batch, "lower train.batch_size"),
+        *_gram_needs(exp, model, batch, steps),
+        Need(f"the batch schedule of {steps:,} steps ({epochs:,} epochs of {trainee:,} samples) of {batch:,}",
+             SCHEDULE_BYTES * steps * batch, epochs_key, epochs, f"lower {epochs_key}"),
+    ]
+
+
+def _gram_needs(exp: Experiment, model: nn.Module, batch: int, steps: int) -> list[Need]:
+    """Plain SGD on an MLP takes kernels.sgd_steps' fused path: a block of up to SGD_BLOCK steps'
+    inputs multiplied with each other, a Gram matrix of (block * batch)^2 floats."""
+    body, layers = kernels.split(model)
+    if exp.train.optimizer != "sgd" or exp.train.momentum or body is not None or len(layers) < 2:
+        return []
+    rows = min(kernels.SGD_BLOCK, steps) * batch
+    return [Need(f"plain SGD's Gram matrix of {rows:,} x {rows:,} inputs", 4 * rows**2, "train.batch_size", batch,
+                 'lower train.batch_size (or take train.optimizer = "adam" or a momentum: no Gram matrix)')]
+
+
+def _dealt(exp: Experiment, n_train: int) -> tuple[int, int]:
+    """Samples the partition deals to all clients and to the largest one, as far as the config says
+    (a skewed partition's largest client is taken as an average one)."""
+    p, k = exp.partition, exp.n_clients
+    if isinstance(p, Sizes):
+        return min(sum(p.sizes), n_train), min(max(p.sizes), n_train)
+    per_client = None
+    if isinstance(p, IID):
+        per_client = p.samples_per_client
+    elif isinstance(p, Shards) and p.shard_size is not None:
+        per_client = p.shards_per_client * p.shard_size
+    dealt = n_train if per_client is None else min(n_train, k * per_client)
+    return dealt, math.ceil(dealt / k)
+
+
+def _epochs(exp: Experiment) -> tuple[str, int]:
+    """The most epochs one training call runs, and its key: train.local_epochs, or a strategy's own
+    epochs where it trains more (finetune.epochs, fedrep.head_epochs)."""
+    mine = {f"strategy.{key}": value for key, value in exp.strategy if key.endswith("epochs")}
+    return max([("train.local_epochs", exp.train.local_epochs), *mine.items()], key=lambda kv: kv[1])
+
+
+def _blur_needs(exp: Experiment, shape: tuple[int, int, int], samples: int) -> list[Need]:
+    """Blurring a client's images pads each one by the kernel's radius on two sides (corrupt.blur)."""
+    channels, height, width = shape
+    side = max(height, width)
+    needs = []
+    for i, group in enumerate(exp.clients):
+        if group.profile.name == "blur":
+            sigma = group.profile.params["sigma"]
+            padded = 4 * samples * channels * (side + 2 * math.ceil(3 * sigma)) * side
+            needs.append(Need(f"blurring a client of clients.{i} (sigma {sigma:g})", padded,
+                              f"clients.{i}.profile.sigma", sigma, f"lower clients.{i}.profile.sigma"))
+    return needs
+
+
+def _layer_outputs(model: nn.Module, shape: tuple[int, int, int]) -> list[int]:
+    """Floats each layer outputs for one sample (build_model's models are nn.Sequential), from the
+    first layer with parameters on: what comes before it (the MLP's Flatten) is a view of the input."""
+    x, sizes = torch.zeros(1, *shape), []
+    with torch.no_grad():
+        for layer in model:
+            x = layer(x)
+            if sizes or list(layer.parameters()):
+                sizes.append(x.numel())
+    return sizes
+
+
+def machine_memory() -> int | None:
+    """Bytes of memory this process may use: the machine's, or its container's limit (cgroup v2)
+    where that is lower; None where the system does not say."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+    except OSError:
+        return total
+    return min(total, int(limit)) if limit.isdigit() else total
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
