@@ -2,14 +2,15 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt holds torch to the machines' CPU wheel (README "Development")
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 # the tests also run fedbridge on Flower (real SuperLink/SuperNode processes): `make test` adds that extra
 $(VENV)/.flower: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[dev,flower]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,flower]'
 	touch $@
 
 .PHONY: install demo test

@@ -22,7 +22,7 @@ from fedbridge.engines.flower.arrays import from_record  # noqa: E402
 from fedbridge.deploy import Faults, left_out_lines  # noqa: E402
 from fedbridge.engines.flower.submit import follow  # noqa: E402
 from fedbridge.engines.flower.processes import Cluster  # noqa: E402
-from fedbridge.engines.flower.replies import Expected, evaluate_expected, reply_problem, train_expected  # noqa: E402
+from fedbridge.engines.flower.replies import evaluate_expected, reply_problem, train_expected  # noqa: E402
 from fedbridge.engines.flower.server_app import Settings, limits_problem  # noqa: E402
 from fedbridge.errors import ConfigError, FedbridgeError  # noqa: E402
 from fedbridge.experiment import load_experiment  # noqa: E402

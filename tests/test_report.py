@@ -1,5 +1,6 @@
 """`fedbridge report`: a self-contained HTML file that a real browser renders with every figure
-loaded and the table in place; and clear errors for what is not a finished run."""
+loaded and filling the page, and the tables as HTML tables; and clear errors for what is not a
+finished run."""
 
 import errno
 import html
@@ -21,12 +22,16 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 PROBE = """<script>
 window.addEventListener('load', () => {
   const images = [...document.images];
+  const page = parseFloat(getComputedStyle(document.body).width);
+  const headers = [...document.querySelectorAll('table th')].map(th => th.textContent);
   const probe = document.createElement('pre');
   probe.id = 'probe';
   probe.textContent = JSON.stringify({
     images: images.length,
     broken: images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt),
-    table: document.body.innerText.includes('alone, own test') && document.body.innerText.includes('gain'),
+    narrow: images.filter(i => Math.abs(i.getBoundingClientRect().width - page) > 1).map(i => i.alt),
+    table: ['alone, own test', 'FedAvg, own test', 'gain', 'pooled, clean test'].every(h => headers.includes(h)),
+    tables: [...document.querySelectorAll('table caption')].map(c => c.firstChild.textContent),
   });
   document.body.appendChild(probe);
 });
@@ -69,7 +74,9 @@ def test_report_renders_in_a_browser_with_every_figure_and_the_table(finished_ru
     (tmp_path / "probe.html").write_text(page.replace("</body>", PROBE))
     dom = browse(tmp_path, "--virtual-time-budget=10000", "--dump-dom", (tmp_path / "probe.html").as_uri())
     probe = json.loads(html.unescape(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1)))
-    assert probe == {"images": 4, "broken": [], "table": True}
+    assert probe == {"images": 4, "broken": [], "narrow": [], "table": True, "tables": [
+        "seed: what joining the federation changed", "each model on each client's own test data (accuracy %)",
+        "noisy-client detection: ROC-AUC of each score against the configured profiles (mean over seeds)"]}
 
     shot = tmp_path / "report.png"
     browse(tmp_path, "--window-size=1280,2600", f"--screenshot={shot}", (tmp_path / "report.html").as_uri())

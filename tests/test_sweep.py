@@ -93,7 +93,7 @@ def test_a_different_sweep_never_writes_into_an_existing_one(tmp_path):
     out.mkdir()
     (out / "sweep.json").write_text('{"config": "other"}')
     result = run("sweep", CONFIGS / "seed.toml", *BASE, *GRID, "--out", out)
-    assert result.exit_code == 1 and "holds a different sweep" in result.output
+    assert result.exit_code == 1 and "holds another command's sweep" in result.output
     assert (out / "sweep.json").read_text() == '{"config": "other"}'
 
 

@@ -151,9 +151,13 @@ def deploy(
 
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
+# listed here, not read from report/formats.py, so that `--help` and a refused value import no torch
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table",
+              show_default=True, help="table: as `run` prints it; json, csv: summary.json's rows; markdown: the table.")
 @friendly
-def show(run_dir: Path) -> None:
+def show(run_dir: Path, fmt: str) -> None:
     """Print the table of a finished run again."""
+    from fedbridge.report.formats import TEXT
     from fedbridge.report.table import render
     from fedbridge.results import SWEEP_SPEC, read_summary
 
@@ -162,7 +166,11 @@ def show(run_dir: Path) -> None:
             f"{run_dir} is a sweep, not a run: the same `fedbridge sweep` command prints its table again "
             f"(finished runs are not redone), and `fedbridge report {run_dir}` writes its HTML report"
         )
-    render(read_summary(run_dir), stdout)
+    summary = read_summary(run_dir)
+    if fmt == "table":
+        render(summary, stdout)
+    else:
+        click.echo(TEXT[fmt](summary), nl=False)
 
 
 @main.command()
@@ -207,6 +215,42 @@ def sweep(
 
 
 @main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--strategies", metavar="A,B,...", help="Candidate strategies (default: the config's and a short list that fits it).")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds, at least 2: each gain gets a 95% interval over them.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key in every run.")
+@click.option("--out", type=click.Path(path_type=Path), help="Advice directory (default advice/NAME-HASH: the same command continues it).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding mnist/ and fashion-mnist/.")
+@click.option("--quiet", is_flag=True, help="No progress; print only the verdicts and the advice directory.")
+@friendly
+def advise(
+    config: Path, strategies: str | None, seeds: int, overrides: tuple[str, ...], out: Path | None,
+    data_dir: Path | None, quiet: bool,
+) -> None:
+    """Train each client alone and with each candidate strategy; say per client whether joining helps, with which.
+
+    Started again after an interruption, it keeps the finished runs and resumes the interrupted one."""
+    from fedbridge import advise as advice
+    from fedbridge.report.advice import render_advice
+    from fedbridge.report.html import write_report
+
+    names = None if strategies is None else [s.strip() for s in strategies.split(",")]
+    plan = advice.plan(config, list(overrides), names, seeds)
+    for name, why in plan.skipped.items():
+        stderr.print(f"[yellow]note:[/yellow] {name} skipped: {why}", highlight=False)
+    out = out or advice.default_dir(plan)
+    with advice.open_advice_dir(out, plan):
+        try:
+            advice.train_all(plan, out, data_dir, stderr, quiet)
+        except KeyboardInterrupt as e:
+            stopped(e, "finished runs are kept: run the same command again to continue")
+        rows = advice.advise(plan, out)
+        write_report(out)
+    render_advice(rows, stdout)
+    stdout.print(f"advice directory: {out} (report: {out / 'report.html'})")
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="HTML file to write (default RUN_DIR/report.html).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding mnist/ and fashion-mnist/ (for the sample images).")
@@ -216,6 +260,43 @@ def report(run_dir: Path, output: Path | None, data_dir: Path | None) -> None:
     from fedbridge.report.html import write_report
 
     stdout.print(f"report: {write_report(run_dir, output, data_dir)}")
+
+
+@main.command()
+@click.argument("preset", required=False)
+@click.argument("directory", metavar="[DIR]", type=click.Path(path_type=Path), default=".")
+@friendly
+def init(preset: str | None, directory: Path) -> None:
+    """Write the preset config PRESET into DIR (default: here) as PRESET.toml, to start an experiment from.
+
+    Without PRESET, list the presets. An existing file is never overwritten (exit 1)."""
+    from importlib.resources import files
+
+    from fedbridge.files import writing
+
+    # the configs/ of the repository, shipped in the package so that an installed fedbridge has them too
+    presets = {p.name.removesuffix(".toml"): p for p in files("fedbridge").joinpath("presets").iterdir()
+               if p.name.endswith(".toml")}
+    if preset is None:
+        width = max(map(len, presets))
+        for name in sorted(presets):
+            first = presets[name].read_text().splitlines()[0]
+            click.echo(f"{name:<{width}}  {first.removeprefix('#').strip() if first.startswith('#') else ''}")
+        return
+    name = preset.removesuffix(".toml")
+    if name not in presets:
+        raise ConfigError(f"unknown preset {preset!r}; the presets are: {', '.join(sorted(presets))} "
+                          "(`fedbridge init` lists them with what each one is)")
+    target = directory / f"{name}.toml"
+    if target.exists() or target.is_symlink():
+        raise FedbridgeError(f"{target} already exists; nothing was changed. Remove it first, or give another DIR")
+    if directory.exists() and not directory.is_dir():
+        raise FedbridgeError(f"{directory} is a file, not a folder; give a folder as DIR")
+    with writing(target):
+        directory.mkdir(parents=True, exist_ok=True)
+        with target.open("xb") as f:  # "x": a file that appeared since the check above is not overwritten either
+            f.write(presets[name].read_bytes())
+    click.echo(f"wrote {target}; run it with `fedbridge run {target}` (see README \"Experiments\" for its keys)")
 
 
 @main.group()

@@ -10,25 +10,27 @@ since is told from the finished method it claims to be.
 
 import hashlib
 import json
+from contextlib import contextmanager
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import tomli_w
 import torch
 
-from fedbridge import schema
+from fedbridge import lock, schema
 from fedbridge.errors import FedbridgeError
 from fedbridge.experiment import Experiment, load_experiment
 from fedbridge.files import atomic_write, writing
-from fedbridge.lock import LOCK
 
 CONFIG, METRICS, SUMMARY, WEIGHTS = "config.toml", "metrics.jsonl", "summary.json", "weights"
 DIAGNOSTICS = "diagnostics.jsonl"
 RUN_INFO = "run.json"  # which engine trains the run's strategy: a resume must not change it quietly
-SWEEP_SPEC = "sweep.json"  # what tells a sweep directory from a run directory
+SWEEP_SPEC = "sweep.json"
+# an advice directory's verdicts and the command that made them (fedbridge.advise)
+ADVICE, ADVICE_COMMAND = "advise.json", "command.json"  # what tells a sweep directory from a run directory
 CHECKPOINT = "checkpoint.pt"
 # one file beside weights/, not in it (weights/ holds nothing but the state dicts, one per seed and
 # method), in sha256sum's format so `sha256sum -c weights.sha256` checks the weights without fedbridge
@@ -36,7 +38,7 @@ HASHES = "weights.sha256"
 
 
 def _made_by_create_run_dir(entry: Path) -> bool:
-    return entry.name == LOCK or (entry.name == WEIGHTS and entry.is_dir() and not any(entry.iterdir()))
+    return entry.name == lock.LOCK or (entry.name == WEIGHTS and entry.is_dir() and not any(entry.iterdir()))
 
 
 def create_run_dir(path: Path) -> Path:
@@ -357,3 +359,31 @@ def table(final_records: list[dict]) -> list[dict]:
             "accuracy_mean": mean, "accuracy_std": std, "n_seeds": len(accs),
         })
     return rows
+
+
+@contextmanager
+def command_dir(out: Path, spec_name: str, spec: dict, kind: str, keys: str, again: str) -> Iterator[None]:
+    """Make or reopen a directory that one command owns (a sweep's, an advice's): its `spec_name` file
+    records the command's `spec`, and the directory's lock is held for the block, so a second copy of
+    the command is refused while this one runs, and another command (differing in `keys`) always is."""
+    spec_path = out / spec_name
+    # a command stopped before its spec was written leaves only the lock file
+    if not spec_path.exists() and out.exists() and (
+            not out.is_dir() or any(p.name != lock.LOCK for p in out.iterdir())):
+        raise FedbridgeError(f"{out} exists and is not {kind} directory; nothing was changed in it. Choose another --out.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FedbridgeError(f"cannot create {kind} directory {out}: {e.strerror}; choose another --out") from None
+    with lock.hold(out, again):
+        if not spec_path.exists():
+            atomic_write(spec_path, json.dumps(spec, indent=1))
+        else:
+            try:
+                existing = json.loads(spec_path.read_bytes())
+            except ValueError:  # not UTF-8 or not JSON
+                raise FedbridgeError(f"{spec_path} is not readable JSON; it was damaged, choose another --out") from None
+            if existing != spec:
+                raise FedbridgeError(f"{out} holds another command's {kind.split()[-1]} (its {spec_name} differs in {keys}); "
+                                     "nothing was changed in it. Run that command to continue it, or choose another --out.")
+        yield

@@ -19,15 +19,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
-from fedbridge import files, lock, results
+from fedbridge import files, results
 from fedbridge.bounds import check_fits
 from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.data.datasets import load_dataset
@@ -157,33 +155,11 @@ def default_dir(sweep: Sweep) -> Path:
     return Path("sweeps") / f"{sweep.exps[0].name}-{digest}"
 
 
-@contextmanager
-def open_sweep_dir(out: Path, sweep: Sweep) -> Iterator[None]:
+def open_sweep_dir(out: Path, sweep: Sweep):
     """Make or reopen the sweep directory and hold its lock for the block: a second copy of the sweep
     is refused while this one runs (its runs and its summary would mix with this one's)."""
-    spec_path = out / results.SWEEP_SPEC
-    # a sweep stopped before its sweep.json was written leaves only the lock file
-    if not spec_path.exists() and out.exists() and (
-            not out.is_dir() or any(p.name != lock.LOCK for p in out.iterdir())):
-        raise FedbridgeError(f"{out} exists and is not a sweep directory; nothing was changed in it. Choose another --out.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FedbridgeError(f"cannot create sweep directory {out}: {e.strerror}; choose another --out") from None
-    with lock.hold(out, "run the same sweep command again to continue it"):
-        if spec_path.exists():
-            try:
-                existing = json.loads(spec_path.read_text())
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise FedbridgeError(f"{spec_path} is not readable JSON; it was damaged, choose another --out") from None
-            if existing != sweep.spec():
-                raise FedbridgeError(
-                    f"{out} holds a different sweep (its {results.SWEEP_SPEC} differs in config, --set, --grid or "
-                    "--seeds); nothing was changed in it. Run that sweep's command to continue it, or choose another --out."
-                )
-        else:
-            files.atomic_write(spec_path, json.dumps(sweep.spec(), indent=1))
-        yield
+    return results.command_dir(out, results.SWEEP_SPEC, sweep.spec(), "a sweep", "config, --set, --grid or --seeds",
+                               "run the same sweep command again to continue it")
 
 
 def run_dir(out: Path, cell: Cell, seed: int) -> Path:

@@ -2,9 +2,9 @@
 95% confidence interval; read from the sweep's summary.json rows."""
 
 from rich.console import Console
-from rich.table import Table
 
 from fedbridge import results
+from fedbridge.report.table import Cells, rich_table
 
 
 def interval(row: dict | None, signed: bool = False) -> str:
@@ -32,19 +32,22 @@ def grid_rows(summary: dict) -> tuple[list[str], list[tuple[tuple, int, str, dic
     return keys, [(values, client, line["profile"], line) for (values, client), line in lines.items()]
 
 
-def render_grid(summary: dict, console: Console) -> None:
+def grid_cells(summary: dict) -> Cells:
+    """The sweep's one table: per grid cell and client, alone, federated and the gain with their intervals."""
     keys, lines = grid_rows(summary)
     seeds = summary["seeds"]
-    table = Table(
-        title=f"{summary['name']}: what joining the federation changed, across the grid",
+    table = Cells(
+        f"{summary['name']}: what joining the federation changed, across the grid",
+        [(k, False) for k in keys] + [(name, name in ("client", "alone", "federated", "gain"))
+                                      for name in ("client", "data", "strategy", "alone", "federated", "gain")],
         caption=(f"{summary['data_source']}, own-test accuracy %, mean ± std [95% CI, Student t] over "
                  f"{len(seeds)} seeds ({seeds[0]}–{seeds[-1]}); gain = federated − alone, paired by seed"),
     )
-    for k in keys:
-        table.add_column(k)
-    for name in ("client", "data", "strategy", "alone", "federated", "gain"):
-        table.add_column(name, justify="right" if name in ("client", "alone", "federated", "gain") else "left")
     for values, client, profile, line in lines:
-        table.add_row(*values, str(client), profile, line["strategy"], interval(line.get("local")),
-                      interval(line.get("federated")), interval(line.get("gain"), signed=True))
-    console.print(table)
+        table.rows.append([*values, str(client), profile, line["strategy"], interval(line.get("local")),
+                           interval(line.get("federated")), interval(line.get("gain"), signed=True)])
+    return table
+
+
+def render_grid(summary: dict, console: Console) -> None:
+    console.print(rich_table(grid_cells(summary)))

@@ -1,18 +1,15 @@
 """`fedbridge report`: one self-contained HTML file for a run or a sweep. Every figure is a PNG
 embedded as base64 and the style is inline, so the file opens anywhere without a network.
 
-The tables are the terminal's own (report/table.py, report/grid.py) exported by rich, so a number
-in the report is the number `fedbridge show` prints.
+The tables are HTML tables of the terminal's own cells (report/table.py, report/grid.py), so a
+number in the report is the string `fedbridge show` prints.
 """
 
 import base64
 import html
-import io
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from rich.console import Console
 
 from fedbridge import __version__, files, results
 from fedbridge.errors import DataError, FedbridgeError
@@ -20,9 +17,9 @@ from fedbridge.experiment import ClientGroup, Experiment
 from fedbridge.federation import build_federation, resolve_dataset
 from fedbridge.local import stacked_forward
 from fedbridge.models import build_model
-from fedbridge.report import plots
-from fedbridge.report.grid import grid_rows, render_grid
-from fedbridge.report.table import render
+from fedbridge.report import advice, plots
+from fedbridge.report.grid import grid_cells, grid_rows
+from fedbridge.report.table import Cells, notes, tables
 from fedbridge.schema import LOCAL
 from fedbridge.strategies.api import ServerState
 
@@ -30,24 +27,54 @@ SAMPLES_PER_CLIENT = 8
 REPORT = "report.html"
 # every page carries it in its first bytes: an existing file is replaced only if it has it
 GENERATOR = b'<meta name="generator" content="fedbridge'
+# the page is as wide as the figures are drawn (plots.WIDTH_PX), so a plot fills it at its own scale
 STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+body { font-family: system-ui, sans-serif; max-width: %dpx; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 2em; border-bottom: 1px solid #ddd; }
 pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: 12px; line-height: 1.25; }
-pre.table { font-family: 'DejaVu Sans Mono', Menlo, Consolas, monospace; background: #fff; }
-img { max-width: 100%; } p.note { color: #8a5a00; } .caption { color: #555; font-size: .9em; }
-"""
+img { width: 100%%; height: auto; } p.note { color: #8a5a00; } .caption { color: #555; font-size: .9em; }
+div.table { overflow-x: auto; margin: 1em 0; }
+table { border-collapse: collapse; font-size: .85em; font-variant-numeric: tabular-nums; }
+caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: .4em; }
+caption span { display: block; font-weight: normal; color: #555; font-size: .9em; }
+th, td { border: 1px solid #ccc; padding: .25em .5em; text-align: left; }
+th { background: #f2f2f2; } tbody tr:nth-child(even) { background: #fafafa; }
+.num { text-align: right; }
+""" % plots.WIDTH_PX
 
 
 def image(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
-def terminal_table(draw: Callable[[Console], None]) -> str:
-    """What `draw` prints to a terminal, as HTML with inline colours."""
-    console = Console(record=True, width=240, file=io.StringIO(), soft_wrap=True)
-    draw(console)
-    return console.export_html(inline_styles=True, code_format='<pre class="table">{code}</pre>')
+NUMBER = ' class="num"'  # a column of numbers: right-aligned, so the digits line up
+
+
+def number(text: str) -> str:
+    """A number's cell, escaped, that a narrow page breaks only before its interval: '+0.8 ± 5.9' stays
+    whole, '[−52.1, +53.7]' goes to the next line whole (a sweep's table is wider than the page)."""
+    return html.escape(text).replace(" ", "&nbsp;").replace("&nbsp;[", " [")
+
+
+def html_table(cells: Cells) -> str:
+    """One table as HTML, every string escaped: its title (and caption) above, numbers right-aligned."""
+    def row(tag: str, values: list[str]) -> str:
+        # a header wraps between its words, so that a table of many methods fits the page
+        text = lambda v, right: number(v) if right and tag == "td" else html.escape(v)  # noqa: E731
+        return "<tr>" + "".join(f"<{tag}{NUMBER if right else ''}>{text(v, right)}</{tag}>"
+                                for v, (_, right) in zip(values, cells.columns)) + "</tr>"
+
+    detail = f"<span>{html.escape(cells.caption)}</span>" if cells.caption else ""
+    body = "\n".join(row("td", r) for r in cells.rows)
+    return (f'<div class="table"><table><caption>{html.escape(cells.title)}{detail}</caption>\n'
+            f"<thead>{row('th', [header for header, _ in cells.columns])}</thead>\n<tbody>\n{body}\n</tbody></table></div>")
+
+
+def run_tables(summary: dict) -> str:
+    """The run's tables, then its notes and warnings, as `fedbridge show` prints them."""
+    lines = [html_table(cells) for cells in tables(summary)]
+    lines += [f'<p class="note">{kind}: {html.escape(text)}</p>' for kind, text in notes(summary)]
+    return "\n".join(lines)
 
 
 def section(title: str, body: str, caption: str = "") -> str:
@@ -134,7 +161,7 @@ def run_page(run: Path, summary: dict, data_dir: Path | None) -> str:
     damaged = {(s, m): problem for s in seeds for m in summary["methods"] if (problem := results.weights_problem(run, s, m))}
     sections = [damaged_section(run, damaged)] if damaged else []
     sections += [
-        section("What joining the federation changed", terminal_table(lambda console: render(summary, console)),
+        section("What joining the federation changed", run_tables(summary),
                 "gain = own-test accuracy with the federation − alone, in percentage points."),
         section("Accuracy per round", image(plots.curves(metrics, strategy, profiles), "accuracy per round per client"),
                 f"{strategy} on each client's own and on the clean test set ({spread}, band ± std); dotted: "
@@ -153,7 +180,7 @@ def run_page(run: Path, summary: dict, data_dir: Path | None) -> str:
 
 def sweep_page(out: Path, summary: dict) -> str:
     keys, lines = grid_rows(summary)
-    sections = [section("Across the grid", terminal_table(lambda console: render_grid(summary, console)))]
+    sections = [section("Across the grid", html_table(grid_cells(summary)))]
     if any("gain" in line for *_, line in lines):
         sections.append(section(f"Gain vs {keys[0]}", image(plots.sweep_gains(keys, lines), f"gain vs {keys[0]}")))
     command = " ".join(["fedbridge sweep", summary["config"], *(f"--set '{s}'" for s in summary["overrides"]),
@@ -192,12 +219,13 @@ def write_report(path: Path, output: Path | None = None, data_dir: Path | None =
     """Write the report of the run or sweep in `path`; returns where it went (default path/report.html)."""
 
     path = Path(path)
-    summary = results.read_summary(path)  # first: that this is no finished run matters more than -o
+    # first: that this is no finished run (nor an advice directory, which has advise.json instead) matters more than -o
+    summary = None if (advised := advice.advice_page(path)) else results.read_summary(path)
     target = Path(output) if output else path / REPORT
     # `fedbridge sweep` writes the default too, and has no -o: so say the whole command
     fix = "choose another -o" if output else f"write the report elsewhere with `fedbridge report {path} -o FILE`"
     check_output(path, target, fix)
-    text = sweep_page(path, summary) if (path / results.SWEEP_SPEC).exists() else run_page(path, summary, data_dir)
+    text = advised or (sweep_page(path, summary) if (path / results.SWEEP_SPEC).exists() else run_page(path, summary, data_dir))
     try:
         files.atomic_write(target, text)
     except OSError as e:

@@ -16,19 +16,23 @@ from fedbridge import results  # noqa: E402
 from fedbridge.schema import LOCAL  # noqa: E402
 
 OWN, CLEAN = "tab:blue", "tab:orange"
+# every figure is drawn as wide as the report's page (report/html.py), so it fills it at its own scale:
+# no text shrunk or blown up by the browser
+DPI, WIDTH_PX = 90, 1000
+WIDTH = WIDTH_PX / DPI  # inches
 
 
 def png(fig) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
 
 
-def _grid(n: int, width: float, height: float, cols: int = 4):
+def _grid(n: int, height: float, cols: int = 4):
     cols = min(cols, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(WIDTH, height * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.axis("off")
     return fig, axes.flat
@@ -41,7 +45,7 @@ def curves(metrics: list[dict], strategy: str, profiles: dict[int, str]) -> byte
     for r in metrics:
         by_round[(r["method"], r["client"], r["test_set"], r["round"])].append(r["accuracy"])
     last = max(r["round"] for r in metrics)
-    fig, axes = _grid(len(profiles), 4.2, 3.0)
+    fig, axes = _grid(len(profiles), 3.4)
     for ax, (client, profile) in zip(axes, sorted(profiles.items())):
         for test_set, color in (("own", OWN), ("clean", CLEAN)):
             rounds = sorted(k[3] for k in by_round if k[:3] == (strategy, client, test_set))
@@ -65,9 +69,12 @@ def gain_bars(gains: dict[int, list[float]], profiles: dict[int, str], strategy:
     """Each client's own-test gain over training alone, error bars ± std over seeds."""
     clients = sorted(gains)
     stats = np.array([results.mean_std(gains[c]) for c in clients]) * 100
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(clients) + 1.5), 3.2))
+    fig, ax = plt.subplots(figsize=(WIDTH, 3.2))
     colors = ["tab:green" if g >= 0 else "tab:red" for g in stats[:, 0]]
-    ax.bar(range(len(clients)), stats[:, 0], yerr=stats[:, 1], color=colors, capsize=4)
+    ax.bar(range(len(clients)), stats[:, 0], yerr=stats[:, 1], color=colors, capsize=4, width=0.6)
+    # room for at least 6 bars, centred: two clients across the page's width would be slabs
+    middle, half = (len(clients) - 1) / 2, max(len(clients), 6) / 2
+    ax.set_xlim(middle - half, middle + half)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(range(len(clients)), [f"client {c}\n{profiles[c]}" for c in clients], fontsize=8)
     ax.set_ylabel("gain, points of own-test accuracy")
@@ -80,7 +87,7 @@ def samples(rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torc
     """Per client (title, original images, original labels, the client's images, the client's labels):
     the same training images before and after its data-quality profile; a changed label in red."""
     n = rows[0][1].shape[0]
-    fig, axes = plt.subplots(2 * len(rows), n, figsize=(0.9 * n, 2.0 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(2 * len(rows), n, figsize=(WIDTH, 2.2 * WIDTH / n * len(rows)), squeeze=False)
     for i, (title, before, before_labels, after, after_labels) in enumerate(rows):
         for j in range(n):
             for k, (images, labels) in enumerate(((before, before_labels), (after, after_labels))):
@@ -98,7 +105,7 @@ def samples(rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torc
 
 def confusions(matrices: list[tuple[str, torch.Tensor]]) -> bytes:
     """Side-by-side confusion matrices (rows: true class, columns: predicted), counts in the cells."""
-    fig, axes = plt.subplots(1, len(matrices), figsize=(4.3 * len(matrices), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(WIDTH, 0.93 * WIDTH / len(matrices)), squeeze=False)
     for ax, (title, m) in zip(axes.flat, matrices):
         m = m.numpy()
         ax.imshow(m, cmap="Blues")
@@ -122,7 +129,7 @@ def sweep_gains(keys: list[str], lines: list[tuple[tuple, int, str, dict]]) -> b
             rest = ", ".join(f"{k}={v}" for k, v in zip(keys[1:], values[1:]))
             series[f"client {client}" + (f" ({rest})" if rest else "")].append((values[0], line["gain"]))
     x_labels = list(dict.fromkeys(values[0] for values, *_ in lines))
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    fig, ax = plt.subplots(figsize=(WIDTH, 4.0))
     for name, points in series.items():
         xs = [x_labels.index(v) for v, _ in points]
         means = np.array([100 * g["mean"] for _, g in points])

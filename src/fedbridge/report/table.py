@@ -1,12 +1,27 @@
-"""The before/after table a person reads, rendered from summary.json's long-format rows."""
+"""The before/after tables a person reads, computed from summary.json's long-format rows as plain
+cells (`Cells`) that the terminal (rich), Markdown and HTML only lay out: a number is the same
+string in `fedbridge show`, in `show --format markdown` and in the report."""
+
+from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedbridge.schema import LOCAL
 from fedbridge.strategies.registry import title
 
 CROSS_TABLE_MAX_CLIENTS = 10  # beyond this the clients-by-clients grid is unreadable in a terminal
+
+
+@dataclass(frozen=True)
+class Cells:
+    """One table: its title, its columns as (header, right-aligned: a number), its rows of strings."""
+
+    title: str
+    columns: list[tuple[str, bool]]
+    rows: list[list[str]] = field(default_factory=list)
+    caption: str = ""
 
 
 def _cell(rows: dict, key: tuple) -> str:
@@ -24,70 +39,99 @@ def _gain(rows: dict, client: int, strategy: str) -> str:
     return f"{100 * (after['accuracy_mean'] - before['accuracy_mean']):+.1f}"
 
 
-def render(summary: dict, console: Console) -> None:
+def _index(summary: dict) -> tuple[dict, dict[int, str]]:
+    """The rows by (client, method, test set), and each client's profile."""
     rows = {(r["client"], r["method"], r["test_set"]): r for r in summary["table"]}
-    profiles = {r["client"]: r["profile"] for r in summary["table"]}
-    clients = sorted(profiles)
-    methods = summary["methods"]
-    strategy = summary["strategy"]
-    seeds = summary["seeds"]
-    caption = (
-        f"{summary['dataset']} ({summary['data_source']}), accuracy % "
-        + (f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}")
-        + f", after {summary['rounds']} rounds"
-    )
-    main = Table(title=f"{summary['name']}: what joining the federation changed", caption=caption)
-    main.add_column("client", justify="right")
-    main.add_column("data")
-    for m in methods:
-        main.add_column(f"{title(m)}, own test", justify="right")
-        if m in (strategy, "fedavg") and LOCAL in methods:
-            main.add_column("gain", justify="right")
-    for m in methods:
-        main.add_column(f"{title(m)}, clean test", justify="right")
-    for c in clients:
-        cells = [str(c), profiles[c]]
-        for m in methods:
-            cells.append(_cell(rows, (c, m, "own")))
-            if m in (strategy, "fedavg") and LOCAL in methods:
-                cells.append(_gain(rows, c, m))
-        cells += [_cell(rows, (c, m, "clean")) for m in methods]
-        main.add_row(*cells)
-    console.print(main)
+    return rows, {r["client"]: r["profile"] for r in summary["table"]}
 
-    if LOCAL in methods and any(k[2].startswith("client:") for k in rows) and len(clients) <= CROSS_TABLE_MAX_CLIENTS:
-        cross = Table(title="each model on each client's own test data (accuracy %)")
-        cross.add_column("model")
-        for c in clients:
-            cross.add_column(f"client {c} test ({profiles[c]})", justify="right")
-        for c in clients:
-            test = lambda t: "own" if t == c else f"client:{t}"  # noqa: E731
-            cross.add_row(f"client {c} alone", *[_cell(rows, (c, LOCAL, test(t))) for t in clients])
-        for m in methods:
-            if m != LOCAL:
-                cross.add_row(title(m), *[_cell(rows, (t, m, "own")) for t in clients])
-        console.print(cross)
-    if summary.get("detection"):
-        found = Table(title="noisy-client detection: ROC-AUC of each score against the configured profiles"
-                      + (" (mean over seeds)" if len(seeds) > 1 else ""))
-        for col in ("method", "score", "round 1", f"round {summary['rounds']}", "reliable (≥ 0.9 to the end) from round"):
-            found.add_column(col, justify="left" if col in ("method", "score") else "right")
-        auc = lambda a: "–" if a is None else f"{a:.2f}"  # noqa: E731
-        for m, scores in summary["detection"].items():
-            for score, d in scores.items():
-                found.add_row(title(m), score, auc(d["first"]), auc(d["last"]), str(d["reliable_from"] or "never"))
-        console.print(found)
-    if summary.get("data_note"):
-        console.print(f"[yellow]note:[/yellow] {summary['data_note']}")
-    for d in summary.get("diverged", []):
-        console.print(
-            f"[yellow]warning:[/yellow] seed {d['seed']}, {title(d['method'])}: training diverged (its test loss is "
-            "huge or NaN), so its accuracies are those of a broken model; usually a step too large for it: lower "
-            "train.lr, or the strategy's step or pull (server_lr, mu, lam)"
-        )
-    for d in summary.get("chance", []):
-        console.print(
-            f"[yellow]warning:[/yellow] seed {d['seed']}, {title(d['method'])}: it ends at chance accuracy on the "
-            "clean test set (no better than a guess), so it learned nothing usable; usually a step too small or too "
-            "large for it (train.lr, or the strategy's server_lr), too few rounds, or labels that are mostly noise"
-        )
+
+def main_cells(summary: dict) -> Cells:
+    """Per client: each method's own-test accuracy (with the gain after the strategy's and FedAvg's),
+    then each method's clean-test accuracy."""
+    rows, profiles = _index(summary)
+    methods, strategy, seeds = summary["methods"], summary["strategy"], summary["seeds"]
+    with_gain = [m in (strategy, "fedavg") and LOCAL in methods for m in methods]
+    columns = [("client", True), ("data", False)]
+    for m, gain in zip(methods, with_gain):
+        columns += [(f"{title(m)}, own test", True)] + [("gain", True)] * gain
+    columns += [(f"{title(m)}, clean test", True) for m in methods]
+    table = Cells(
+        f"{summary['name']}: what joining the federation changed", columns,
+        caption=(f"{summary['dataset']} ({summary['data_source']}), accuracy % "
+                 + (f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}")
+                 + f", after {summary['rounds']} rounds"),
+    )
+    for c in sorted(profiles):
+        cells = [str(c), profiles[c]]
+        for m, gain in zip(methods, with_gain):
+            cells += [_cell(rows, (c, m, "own"))] + [_gain(rows, c, m)] * gain
+        table.rows.append(cells + [_cell(rows, (c, m, "clean")) for m in methods])
+    return table
+
+
+def cross_cells(summary: dict) -> Cells | None:
+    """Each client's model alone, and each federated method, on every client's own test data; None
+    where the run has no such rows or too many clients to read."""
+    rows, profiles = _index(summary)
+    clients, methods = sorted(profiles), summary["methods"]
+    if LOCAL not in methods or not any(k[2].startswith("client:") for k in rows) or len(clients) > CROSS_TABLE_MAX_CLIENTS:
+        return None
+    table = Cells("each model on each client's own test data (accuracy %)",
+                  [("model", False)] + [(f"client {c} test ({profiles[c]})", True) for c in clients])
+    for c in clients:
+        test = lambda t: "own" if t == c else f"client:{t}"  # noqa: E731
+        table.rows.append([f"client {c} alone", *[_cell(rows, (c, LOCAL, test(t))) for t in clients]])
+    table.rows.extend([title(m), *[_cell(rows, (t, m, "own")) for t in clients]] for m in methods if m != LOCAL)
+    return table
+
+
+def detection_cells(summary: dict) -> Cells | None:
+    """How well each score tells the noisy clients from the clean ones; None where nothing was scored."""
+    if not summary.get("detection"):
+        return None
+    headers = ("method", "score", "round 1", f"round {summary['rounds']}", "reliable (≥ 0.9 to the end) from round")
+    table = Cells("noisy-client detection: ROC-AUC of each score against the configured profiles"
+                  + (" (mean over seeds)" if len(summary["seeds"]) > 1 else ""),
+                  [(h, h not in ("method", "score")) for h in headers])
+    auc = lambda a: "–" if a is None else f"{a:.2f}"  # noqa: E731
+    for m, scores in summary["detection"].items():
+        for score, d in scores.items():
+            table.rows.append([title(m), score, auc(d["first"]), auc(d["last"]), str(d["reliable_from"] or "never")])
+    return table
+
+
+def tables(summary: dict) -> list[Cells]:
+    """Every table of a run, in the order they are shown."""
+    return [t for t in (main_cells(summary), cross_cells(summary), detection_cells(summary)) if t is not None]
+
+
+def notes(summary: dict) -> list[tuple[str, str]]:
+    """What the reader must know beside the numbers, as (kind, text): the data's note, then the
+    seeds whose training diverged or learned nothing."""
+    out = [("note", summary["data_note"])] if summary.get("data_note") else []
+    out += [("warning", (
+        f"seed {d['seed']}, {title(d['method'])}: training diverged (its test loss is huge or NaN), so its accuracies "
+        "are those of a broken model; usually a step too large for it: lower train.lr, or the strategy's step or "
+        "pull (server_lr, mu, lam)")) for d in summary.get("diverged", [])]
+    out += [("warning", (
+        f"seed {d['seed']}, {title(d['method'])}: it ends at chance accuracy on the clean test set (no better than a "
+        "guess), so it learned nothing usable; usually a step too small or too large for it (train.lr, or the "
+        "strategy's server_lr), too few rounds, or labels that are mostly noise")) for d in summary.get("chance", [])]
+    return out
+
+
+def rich_table(cells: Cells) -> Table:
+    table = Table(title=cells.title, caption=cells.caption or None)
+    for header, right in cells.columns:
+        table.add_column(header, justify="right" if right else "left")
+    for row in cells.rows:
+        table.add_row(*row)
+    return table
+
+
+def render(summary: dict, console: Console) -> None:
+    for cells in tables(summary):
+        console.print(rich_table(cells))
+    for kind, text in notes(summary):
+        # the text is data (paths, profiles), not rich markup: a '[' in it is printed as it is
+        console.print(f"[yellow]{kind}:[/yellow] {escape(text)}")

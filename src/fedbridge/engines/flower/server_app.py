@@ -13,12 +13,11 @@ bad client must not spoil the global model.
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
-import torch
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
