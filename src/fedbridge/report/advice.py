@@ -78,7 +78,8 @@ def advice_page(path: Path) -> str | None:
         command = json.loads((Path(path) / results.ADVICE_COMMAND).read_bytes())
     except (OSError, ValueError):  # the command is only shown: the verdicts stand without it
         command = {}
-    tables = [section(cells.title, html_table(cells)) for cells in advice_cells(rows)]
+    # the tables carry their own titles: one section holds them, as a run's report does
+    tables = [section("Does joining help each client?", "\n".join(html_table(cells) for cells in advice_cells(rows)))]
     asked = " ".join(["fedbridge advise", command.get("config", "CONFIG"),
                       *(f"--set '{s}'" for s in command.get("overrides", [])),
                       f"--strategies {','.join(command.get('strategies', []))}", f"--seeds {command.get('seeds', '')}"])
