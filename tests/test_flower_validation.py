@@ -289,3 +289,18 @@ def test_a_node_data_folder_names_what_stands_where_a_file_should_be(tmp_path, k
     where.mkdir() if kind == "directory" else where.symlink_to(tmp_path / "nowhere")
     with pytest.raises(DataError, match=f"{FOLDER_FILES[0]} is a (directory|symbolic link)"):
         folder_dataset(tmp_path, "mnist")
+
+
+def test_nodes_get_the_experiment_without_its_strategy(tmp_path, monkeypatch):
+    # a custom rule's module lives with the server; a node validating the experiment must not need it
+    (tmp_path / "server_only_rule.py").write_text("def rule(updates, weights):\n    return {n: u[:1] for n, u in updates.items()}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    exp, _ = load_experiment(CONFIGS / "seed.toml", ['strategy={name="custom", rule="server_only_rule:rule"}'])
+    sent = server_app.node_experiment(exp)
+    import sys
+    monkeypatch.delitem(sys.modules, "server_only_rule")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    from fedbridge.experiment import Experiment
+
+    node = Experiment.model_validate_json(sent)
+    assert node.strategy.name == "fedavg" and node.train == exp.train and node.clients == exp.clients

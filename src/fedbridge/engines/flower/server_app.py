@@ -29,6 +29,7 @@ from fedbridge.experiment import Experiment, load_experiment
 from fedbridge.models import build_model
 from fedbridge.strategies import registry
 from fedbridge.strategies.api import ServerState
+from fedbridge.strategies.fedavg import Config as FedAvg
 
 app = ServerApp()
 
@@ -162,6 +163,12 @@ def connect(grid: Grid, exp: Experiment, config: ConfigRecord, settings: Setting
     return Nodes(grid, node_of, settings.round_timeout, settings.min_nodes, left_out), Connected(shape, classes, examples)
 
 
+def node_experiment(exp: Experiment) -> str:
+    """The experiment as the nodes get it. They run the plain local step whatever the strategy, so it
+    goes without the strategy: a `custom` rule's module then need not be importable on every node."""
+    return exp.model_copy(update={"strategy": FedAvg()}).model_dump_json()
+
+
 def run(grid: Grid, exp: Experiment, seed: int, settings: Settings, left_out: list[dict]) -> None:
     """The rounds (fedbridge.rounds, the simulation's loop) with the clients' work sent to the nodes;
     every client left out of a step is added to `left_out` as it happens (Nodes.left_out), so a run
@@ -170,7 +177,7 @@ def run(grid: Grid, exp: Experiment, seed: int, settings: Settings, left_out: li
     if settings.min_nodes > exp.n_clients:
         raise ConfigError(f"min-nodes {settings.min_nodes} is more than the experiment's {exp.n_clients} clients; "
                           f"use at most {exp.n_clients}")
-    config = ConfigRecord({"experiment": exp.model_dump_json(), "seed": seed})
+    config = ConfigRecord({"experiment": node_experiment(exp), "seed": seed})
     nodes, connected = connect(grid, exp, config, settings, left_out)
     channel.write_connected(settings.out_dir)
     model = build_model(exp.model, connected.input_shape, connected.num_classes)
