@@ -172,9 +172,9 @@ def verdict(gains: dict[str, list[float]]) -> dict:
 
 def advise(plan: Plan, out: Path) -> list[dict]:
     """Per client, its verdict from the finished candidate runs; written to advise.json."""
-    local = [r for r in final_records(out / RUNS / next(iter(plan.candidates))) if r["method"] == LOCAL]
-    by_candidate = {name: results.paired_gains(local + final_records(out / RUNS / name), name)
-                    for name in plan.candidates}
+    finals = {name: final_records(out / RUNS / name) for name in plan.candidates}  # each run read once
+    local = [r for r in finals[next(iter(plan.candidates))] if r["method"] == LOCAL]
+    by_candidate = {name: results.paired_gains(local + final, name) for name, final in finals.items()}
     profiles = {r["client"]: r["profile"] for r in local if r["test_set"] == "own"}
     rows = [{"client": client, "profile": profile,
              **verdict({name: gains[client] for name, gains in by_candidate.items()})}

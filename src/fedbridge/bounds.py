@@ -51,7 +51,7 @@ class Need:
 
 def check_fits(exp: Experiment, dataset: Dataset) -> None:
     """Refuse `exp` on `dataset` if a profile does not fit the images or the run does not fit in memory."""
-    shape = (1, *dataset.train_images.shape[1:])  # federation.to_float adds the channel axis
+    shape = dataset.input_shape
     _profiles_fit(exp, shape, dataset.name)
     available = machine_memory()
     needs = memory_needs(exp, dataset, shape)

@@ -16,6 +16,14 @@ stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 stderr = Console(stderr=True, soft_wrap=True)
 
 
+# options several commands take, declared once (click makes a fresh option for each command)
+DATA_DIR = click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding mnist/ and fashion-mnist/.")
+SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.rounds=5.")
+SET_EVERY_RUN = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key in every run.")
+SEEDS = click.option("--seeds", type=click.IntRange(min=1), help="Number of seeds (seed, seed+1, ...).")
+RUN_OUT = click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/NAME-TIME).")
+
+
 def _stop(signum: int, frame) -> None:
     raise Stopped(signum)
 
@@ -66,10 +74,10 @@ def _experiment(config: Path, overrides: tuple[str, ...], seeds: int | None, out
 
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path), required=False)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.rounds=5.")
-@click.option("--seeds", type=click.IntRange(min=1), help="Number of seeds (seed, seed+1, ...).")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/NAME-TIME).")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding mnist/ and fashion-mnist/.")
+@SET
+@SEEDS
+@RUN_OUT
+@DATA_DIR
 @click.option("--resume", type=click.Path(path_type=Path), metavar="RUN_DIR",
               help="Continue an interrupted run from its last finished round, with the config saved in it.")
 @click.option("--engine", type=click.Choice(["simulation"]),
@@ -120,10 +128,10 @@ def run(
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--nodes", type=click.IntRange(min=1), help="SuperNodes to start, one per client (default: the config's clients).")
 @click.option("--tls", is_flag=True, help="Encrypt with a throw-away CA and authenticate every SuperNode by its key.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.rounds=5.")
-@click.option("--seeds", type=click.IntRange(min=1), help="Number of seeds (seed, seed+1, ...).")
-@click.option("--out", type=click.Path(path_type=Path), help="Run directory (default runs/NAME-TIME).")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding mnist/ and fashion-mnist/.")
+@SET
+@SEEDS
+@RUN_OUT
+@DATA_DIR
 @click.option("--round-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="Seconds to wait for the nodes' answers in a round before going on without the silent ones.")
 @click.option("--min-nodes", type=click.IntRange(min=1), default=1, show_default=True,
@@ -178,9 +186,9 @@ def show(run_dir: Path, fmt: str) -> None:
 @click.option("--grid", multiple=True, metavar="KEY=V1,V2,...", help="Values to sweep a config key over; repeat for a grid.")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Seeds per grid cell.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Runs at once, each its own process.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key in every run.")
+@SET_EVERY_RUN
 @click.option("--out", type=click.Path(path_type=Path), help="Sweep directory (default sweeps/NAME-HASH: the same command continues it).")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding mnist/ and fashion-mnist/.")
+@DATA_DIR
 @click.option("--quiet", is_flag=True, help="No progress and no table; print only the sweep directory.")
 @friendly
 def sweep(
@@ -218,9 +226,9 @@ def sweep(
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--strategies", metavar="A,B,...", help="Candidate strategies (default: the config's and a short list that fits it).")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Seeds, at least 2: each gain gets a 95% interval over them.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key in every run.")
+@SET_EVERY_RUN
 @click.option("--out", type=click.Path(path_type=Path), help="Advice directory (default advice/NAME-HASH: the same command continues it).")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding mnist/ and fashion-mnist/.")
+@DATA_DIR
 @click.option("--quiet", is_flag=True, help="No progress; print only the verdicts and the advice directory.")
 @friendly
 def advise(
@@ -305,7 +313,7 @@ def data() -> None:
 
 
 @data.command()
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Folder holding mnist/ and fashion-mnist/.")
+@DATA_DIR
 @friendly
 def check(data_dir: Path | None) -> None:
     """Say which datasets are found where, verified or not."""

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fedbridge import files
 from fedbridge.data import corrupt
 from fedbridge.errors import ConfigError
 from fedbridge.schema import LOCAL, POOLED
@@ -323,17 +324,12 @@ def validate(tree: dict, origin: str = "config") -> Experiment:
         raise ConfigError(f"{origin} is not valid:\n{lines}") from None
 
 
-_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFCHR: "a character device",
-          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
-
-
 def _read_config(path: Path) -> str:
     """The text of `path`, if it is a regular file of a config's size: reading a FIFO would wait for
     a writer forever, and /dev/zero never ends."""
     info = path.stat()
     if not stat.S_ISREG(info.st_mode):
-        kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
-        raise ConfigError(f"config file {path} is {kind}, not a file; give a TOML file (see configs/)")
+        raise ConfigError(f"config file {path} is {files.kind(info.st_mode)}, not a file; give a TOML file (see configs/)")
     with path.open("rb") as f:
         data = f.read(MAX_CONFIG_BYTES + 1)  # not st_size: /proc files say 0 and a file may grow
     if len(data) > MAX_CONFIG_BYTES:

@@ -4,6 +4,7 @@ write that fails (disk full, read-only filesystem, no permission) ends as a Writ
 import errno
 import os
 import re
+import stat
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
@@ -16,6 +17,22 @@ from fedbridge.errors import WriteError
 # "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"
 _TORCH_WRITE_FAILED = re.compile(r"unexpected pos|write failed|failed writing", re.IGNORECASE)
 _FULL = 1 << 20  # free bytes below which a failed torch.save is put down to a full disk
+
+
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFREG: "a regular file",
+}
+
+
+def kind(mode: int) -> str:
+    """What a file of this st_mode is, in words ("a directory", "a named pipe (FIFO)"): where a config
+    or a data file should be, a message says what stands there instead."""
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
 
 
 def _umask() -> int:

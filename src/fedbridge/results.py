@@ -28,9 +28,9 @@ from fedbridge.files import atomic_write, writing
 CONFIG, METRICS, SUMMARY, WEIGHTS = "config.toml", "metrics.jsonl", "summary.json", "weights"
 DIAGNOSTICS = "diagnostics.jsonl"
 RUN_INFO = "run.json"  # which engine trains the run's strategy: a resume must not change it quietly
-SWEEP_SPEC = "sweep.json"
+SWEEP_SPEC = "sweep.json"  # what tells a sweep directory from a run directory
 # an advice directory's verdicts and the command that made them (fedbridge.advise)
-ADVICE, ADVICE_COMMAND = "advise.json", "command.json"  # what tells a sweep directory from a run directory
+ADVICE, ADVICE_COMMAND = "advise.json", "command.json"
 CHECKPOINT = "checkpoint.pt"
 # one file beside weights/, not in it (weights/ holds nothing but the state dicts, one per seed and
 # method), in sha256sum's format so `sha256sum -c weights.sha256` checks the weights without fedbridge

@@ -133,8 +133,7 @@ def _run_problem(checkpoint: dict, exp: Experiment, seeds: list[int], dataset: D
         return f"method {checkpoint['method']!r} is not one of the run's methods, {', '.join(methods)}"
     if not 1 <= checkpoint["round"] <= exp.train.rounds:
         return f"round {checkpoint['round']} is not one of the run's rounds, 1 to {exp.train.rounds}"
-    # the input shape as summary.json records it: one channel of the dataset's images
-    model = build_model(exp.model, (1, *dataset.train_images.shape[1:]), dataset.num_classes)
+    model = build_model(exp.model, dataset.input_shape, dataset.num_classes)
     expected = {name: list(p.shape) for name, p in model.state_dict().items()}
     params = checkpoint["params"]
     if params.keys() != expected.keys():

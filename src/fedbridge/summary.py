@@ -65,7 +65,7 @@ def summarize(
         "engines": engines,  # what trained each method: "simulation", "flower", or "flower, resumed on simulation"
         "versions": {"fedbridge": fedbridge.__version__, "torch": torch.__version__, "python": platform.python_version()},
         # what Study.model builds the saved weights into
-        "input_shape": [1, *dataset.train_images.shape[1:]],
+        "input_shape": list(dataset.input_shape),
         "num_classes": dataset.num_classes,
         "table": results.table(final),
         "diverged": _pairs(diverged),

@@ -26,6 +26,11 @@ class Dataset:
     source: str  # where the files were found, for humans
     num_classes: int = 10
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One sample as the models take it, [channels, height, width]: federation.to_float adds the channel."""
+        return (1, *self.train_images.shape[1:])
+
 
 def load_dataset(
     name: str, data_dir: Path | None = None, *, download: bool = True, progress: bool = True

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedbridge import files
 from fedbridge.data import catalog
 from fedbridge.errors import DataError
 
@@ -30,15 +31,6 @@ FILES = (
 # bytes uncompressed. Nothing bigger is read or decompressed, so a wrong file (a disk image, a link
 # to /dev/zero, a gzip bomb) is named instead of filling the memory.
 MAX_FILE_BYTES = 64 * 2**20
-
-_KINDS = {
-    stat.S_IFDIR: "a directory",
-    stat.S_IFIFO: "a named pipe (FIFO)",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFREG: "a regular file",
-}
 
 _FIX_CORRUPT = (
     "Fix: re-download it (for the shipped .gz files, `sha256sum -c SHA256SUMS` in that folder "
@@ -104,19 +96,15 @@ def describe(path: Path) -> str:
     """What is at `path`, as words to follow it: "is a regular file", "is a named pipe (FIFO)",
     "is a symbolic link that loops", "does not exist"..."""
     try:
-        return f"is {_kind(path.stat().st_mode)}"
+        return f"is {files.kind(path.stat().st_mode)}"
     except OSError as e:
         return _failed(e, path)
 
 
 def _not_idx(st: os.stat_result) -> str | None:
     if not stat.S_ISREG(st.st_mode):
-        return f"is {_kind(st.st_mode)}, not an IDX file"
+        return f"is {files.kind(st.st_mode)}, not an IDX file"
     return _too_big(st.st_size) if st.st_size > MAX_FILE_BYTES else None
-
-
-def _kind(mode: int) -> str:
-    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
 
 
 def _too_big(size: int) -> str:
