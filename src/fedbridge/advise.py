@@ -58,10 +58,6 @@ class Plan:
         }
 
 
-def known_strategies() -> list[str]:
-    return [name for spec in registry.SPECS for name in spec.titles]
-
-
 def _setup_refusal(table: dict, exp: Experiment) -> str | None:
     """Why the config's setup refuses this strategy table (too few clients, the wrong optimizer), or None;
     also None for a table whose own keys are wrong, which validate() then names."""
@@ -85,7 +81,7 @@ def plan(config: Path, overrides: list[str], strategies: list[str] | None, n_see
     if exp.n_clients < 2:
         raise ConfigError(f"{config}: advise compares each client alone with it in a federation, and the config has "
                           f"{exp.n_clients} client; give at least 2 (clients groups' count)")
-    known = known_strategies()
+    known = registry.NAMES
     if strategies is not None:
         if unknown := [s for s in strategies if s not in known]:
             raise ConfigError(f"--strategies: {', '.join(map(repr, unknown))} unknown; choose from {', '.join(known)}")

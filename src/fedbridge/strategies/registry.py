@@ -21,6 +21,7 @@ SPECS: tuple[StrategySpec, ...] = (
 )
 
 _BY_NAME = {name: spec for spec in SPECS for name in spec.titles}
+NAMES = tuple(_BY_NAME)  # every `strategy.name` a config may give, in SPECS order
 
 # the config's `strategy` table: one of the specs' classes, told apart by `name`
 StrategyConfig = Annotated[Union[tuple(spec.config for spec in SPECS)], Field(discriminator="name")]
