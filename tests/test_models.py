@@ -25,3 +25,12 @@ def test_init_is_seeded_and_bounded():
     assert set(a) == {n for n, _ in model.named_parameters()}
     # PyTorch's default Linear bound: 1/sqrt(fan_in) = 1/28 for the first layer
     assert a["1.weight"].abs().max() <= 1 / 28
+
+
+def test_tabular_model_is_sized_from_the_features():
+    # 30 features -> 60 hidden units -> 2 classes: 30*60 + 60 + 60*2 + 2 = 1,982 parameters
+    model = build_model("tabular", (30,), 2)
+    assert count_params(model) == 1_982
+    assert model(torch.zeros(4, 30)).shape == (4, 2)
+    # the width stays within [32, 256]
+    assert count_params(build_model("tabular", (4,), 3)) == 4 * 32 + 32 + 32 * 3 + 3

@@ -127,7 +127,7 @@ class Experiment(Strict):
     partition: Partition = IID(name="iid")
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     clients: list[ClientGroup] = Field(min_length=1)
-    model: Literal["mlp", "2nn", "cnn"] = "mlp"
+    model: Literal["mlp", "2nn", "cnn", "tabular"] = "mlp"
     train: Train
     strategy: StrategyConfig = FedAvg()
     # "fedavg": FedAvg beside another strategy (e.g. a personalized one), trained on the same federation

@@ -12,7 +12,7 @@ from torch import nn
 
 from fedbridge.errors import ConfigError
 
-MODEL_NAMES = ("mlp", "2nn", "cnn")
+MODEL_NAMES = ("mlp", "2nn", "cnn", "tabular")
 
 
 def _mlp(widths: list[int]) -> nn.Sequential:
@@ -34,16 +34,26 @@ def _cnn(channels: int, height: int, width: int, num_classes: int) -> nn.Sequent
     )
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """A model for inputs of shape (channels, height, width)."""
-    channels, height, width = input_shape
-    features = channels * height * width
+def tabular_width(features: int) -> int:
+    """The tabular model's hidden width: twice the features, within [32, 256], so a table of 30
+    measurements gets a 60-unit layer and a wide one does not get a huge model."""
+    return min(256, max(32, 2 * features))
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A model for inputs of shape (channels, height, width) for images or (features,) for tables."""
+    features = math.prod(input_shape)
     if name == "mlp":
         return _mlp([features, 128, num_classes])
     if name == "2nn":
         return _mlp([features, 200, 200, num_classes])
+    if name == "tabular":
+        return _mlp([features, tabular_width(features), num_classes])
     if name == "cnn":
-        return _cnn(channels, height, width, num_classes)
+        if len(input_shape) != 3:
+            raise ConfigError(f"model = 'cnn' takes images (channels, height, width), not inputs of shape {input_shape}; "
+                              "use model = 'tabular' or 'mlp' for a table")
+        return _cnn(*input_shape, num_classes)
     raise ConfigError(f"model = {name!r} is not a model; choose one of {', '.join(MODEL_NAMES)}")
 
 
