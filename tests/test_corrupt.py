@@ -118,6 +118,63 @@ def test_pair_flip_mapping():
     assert abs(flipped.float().mean().item() - 0.4) < 5 * math.sqrt(0.4 * 0.6 / 10_000)
 
 
+# --- table noise ------------------------------------------------------------------------------
+
+
+def table(n: int = 2000, stds: tuple[float, ...] = (1.0, 10.0, 0.1)) -> torch.Tensor:
+    return torch.randn(n, len(stds), generator=gen(7)) * torch.tensor(stds) + 5.0
+
+
+def test_feature_noise_is_in_units_of_each_features_std():
+    x = table()
+    noise = corrupt.feature_noise(x, 0.5, gen()) - x
+    std = x.std(0, correction=0)
+    n = len(x)
+    # the noise of feature j has std 0.5 * std_j: within 5 SE (0.5 / sqrt(2n) relative)
+    assert torch.all((noise.std(0) / (0.5 * std) - 1).abs() < 5 / math.sqrt(2 * n))
+
+
+def test_feature_noise_takes_the_scale_from_the_training_rows():
+    x = torch.cat([torch.zeros(10, 1), torch.full((10, 1), 100.0)])  # train rows have std 0
+    assert torch.equal(corrupt.feature_noise(x, 1.0, gen(), train=10), x)
+
+
+def test_missing_imputes_the_training_mean_of_the_remaining_cells():
+    x = torch.tensor([[1.0], [3.0], [100.0]])  # the third row is a test row: never in the mean
+    out = corrupt.missing(x, 0.5, gen(3), train=2)
+    removed = out != x
+    kept_train = x[:2][~removed[:2]]
+    assert torch.all(out[removed] == (kept_train.mean() if len(kept_train) else 0.0))
+
+
+def test_missing_rate():
+    out = corrupt.missing(table(), 0.3, gen())
+    share = (out != table()).float().mean().item()
+    assert abs(share - 0.3) < 5 * math.sqrt(0.3 * 0.7 / out.numel())
+
+
+def test_shift_offsets_every_row_of_a_feature_alike():
+    x = table()
+    offset = corrupt.shift(x, 2.0, gen()) - x
+    assert torch.allclose(offset, offset[0].expand_as(offset), atol=1e-4)
+    assert torch.all(offset[0] != 0)
+
+
+def test_image_profiles_refuse_a_table_and_table_profiles_images():
+    labels = torch.zeros(20, dtype=torch.int64)
+    with pytest.raises(ConfigError, match="'blur' applies to images, and this data is a table"):
+        apply_profile("blur", {"sigma": 1.0}, torch.rand(20, 5), labels, 10, gen())
+    with pytest.raises(ConfigError, match="'missing' applies to tables, and this data is images"):
+        apply_profile("missing", {"rate": 0.1}, torch.rand(20, 1, 8, 8), labels, 10, gen())
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 100])
+def test_label_noise_for_any_number_of_classes(num_classes):
+    labels = torch.arange(1000) % num_classes
+    out = corrupt.symmetric(labels, 1.0, num_classes, gen())
+    assert torch.all(out != labels) and out.max() < num_classes
+
+
 # --- the dispatch -----------------------------------------------------------------------------
 
 EXAMPLE_PARAMS = {
@@ -128,7 +185,16 @@ EXAMPLE_PARAMS = {
     "occlusion": {"size": 3},
     "symmetric": {"rate": 0.5},
     "pair_flip": {"rate": 0.5},
+    "feature_noise": {"sigma": 0.5},
+    "missing": {"rate": 0.3},
+    "shift": {"scale": 1.0},
 }
+
+
+def samples(name: str) -> torch.Tensor:
+    """A table [20, 5] for the table profiles, else images [20, 1, 8, 8]."""
+    shape = (20, 5) if PROFILES[name].kind == "table" else (20, 1, 8, 8)
+    return torch.rand(shape, generator=gen(99))
 
 
 def test_example_params_cover_every_profile():
@@ -136,7 +202,7 @@ def test_example_params_cover_every_profile():
 
 
 def run(name: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.rand(20, 1, 8, 8, generator=gen(99))
+    images = samples(name)
     labels = torch.arange(20) % 10
     return apply_profile(name, EXAMPLE_PARAMS[name], images, labels, 10, gen(seed))
 
@@ -165,15 +231,15 @@ def test_other_seed_other_output(name):
 
 @pytest.mark.parametrize("name", PROFILES)
 def test_inputs_untouched_and_outputs_new(name):
-    images = torch.rand(20, 1, 8, 8, generator=gen(99))
+    images = samples(name)
     labels = torch.arange(20) % 10
     images_before, labels_before = images.clone(), labels.clone()
     out_images, out_labels = apply_profile(name, EXAMPLE_PARAMS[name], images, labels, 10, gen())
     assert torch.equal(images, images_before) and torch.equal(labels, labels_before)
     assert out_images.data_ptr() != images.data_ptr()
     assert out_labels.data_ptr() != labels.data_ptr()
-    untouched = labels if PROFILES[name].kind == "image" else images
-    assert torch.equal(out_labels if PROFILES[name].kind == "image" else out_images, untouched)
+    on_samples = PROFILES[name].kind != "label"
+    assert torch.equal(out_labels if on_samples else out_images, labels if on_samples else images)
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from fedbridge import kernels
+from fedbridge.data import corrupt
 from fedbridge.data.datasets import Dataset
 from fedbridge.errors import ConfigError
 from fedbridge.experiment import IID, Experiment, Shards, Sizes
@@ -52,7 +53,7 @@ class Need:
 def check_fits(exp: Experiment, dataset: Dataset) -> None:
     """Refuse `exp` on `dataset` if a profile does not fit the images or the run does not fit in memory."""
     shape = dataset.input_shape
-    _profiles_fit(exp, shape, dataset.name)
+    _profiles_fit(exp, shape, dataset)
     available = machine_memory()
     needs = memory_needs(exp, dataset, shape)
     total = sum(n.bytes for n in needs)
@@ -68,10 +69,13 @@ def check_fits(exp: Experiment, dataset: Dataset) -> None:
     )
 
 
-def _profiles_fit(exp: Experiment, shape: tuple[int, int, int], data: str) -> None:
-    _, height, width = shape
+def _profiles_fit(exp: Experiment, shape: tuple[int, ...], dataset: Dataset) -> None:
+    data = dataset.name
     for i, group in enumerate(exp.clients):
+        if why := corrupt.refusal(group.profile.name, dataset.tabular):
+            raise ConfigError(f"clients.{i}.profile: {why}")
         size = group.profile.params.get("size")
+        height, width = shape[-2:] if len(shape) == 3 else (0, 0)  # occlusion is refused on a table above
         if group.profile.name == "occlusion" and size > min(height, width):
             raise ConfigError(
                 f"clients.{i}.profile.size = {size}: an occlusion square of {size}x{size} does not fit in "
@@ -79,7 +83,7 @@ def _profiles_fit(exp: Experiment, shape: tuple[int, int, int], data: str) -> No
             )
 
 
-def memory_needs(exp: Experiment, dataset: Dataset, shape: tuple[int, int, int]) -> list[Need]:
+def memory_needs(exp: Experiment, dataset: Dataset, shape: tuple[int, ...]) -> list[Need]:
     """The parts of the run's memory, in bytes, each with the key to change to make it smaller."""
     pixels = math.prod(shape)
     n_train, n_test = len(dataset.train_labels), len(dataset.test_labels)
@@ -93,7 +97,8 @@ def memory_needs(exp: Experiment, dataset: Dataset, shape: tuple[int, int, int])
     epochs_key, epochs = _epochs(exp)
     steps = epochs * math.ceil(trainee / batch)
     return [
-        Need("the dataset, and its federation as float32", (n_train + n_test) * pixels + 4 * pixels * (dealt + n_test),
+        Need("the dataset, and its federation as float32",
+             (n_train + n_test) * pixels * dataset.train_images.itemsize + 4 * pixels * (dealt + n_test),
              "data.name", exp.data.name, "choose a smaller dataset or partition"),
         *_blur_needs(exp, shape, own_train),
         # a seed's partition: every dealt sample's row as int64, in a train and a test array a client
@@ -152,13 +157,13 @@ def _epochs(exp: Experiment) -> tuple[str, int]:
     return max([("train.local_epochs", exp.train.local_epochs), *mine.items()], key=lambda kv: kv[1])
 
 
-def _blur_needs(exp: Experiment, shape: tuple[int, int, int], samples: int) -> list[Need]:
+def _blur_needs(exp: Experiment, shape: tuple[int, ...], samples: int) -> list[Need]:
     """Blurring a client's images pads each one by the kernel's radius on two sides (corrupt.blur)."""
-    channels, height, width = shape
-    side = max(height, width)
     needs = []
     for i, group in enumerate(exp.clients):
-        if group.profile.name == "blur":
+        if group.profile.name == "blur":  # images only: _profiles_fit refuses it on a table first
+            channels, height, width = shape
+            side = max(height, width)
             sigma = group.profile.params["sigma"]
             padded = 4 * samples * channels * (side + 2 * math.ceil(3 * sigma)) * side
             needs.append(Need(f"blurring a client of clients.{i} (sigma {sigma:g})", padded,
@@ -166,7 +171,7 @@ def _blur_needs(exp: Experiment, shape: tuple[int, int, int], samples: int) -> l
     return needs
 
 
-def _layer_outputs(model: nn.Module, shape: tuple[int, int, int]) -> list[int]:
+def _layer_outputs(model: nn.Module, shape: tuple[int, ...]) -> list[int]:
     """Floats each layer outputs for one sample (build_model's models are nn.Sequential), from the
     first layer with parameters on: what comes before it (the MLP's Flatten) is a view of the input."""
     x, sizes = torch.zeros(1, *shape), []

@@ -32,11 +32,67 @@ MAX_CONFIG_BYTES = 2**20
 MAX_NAME_CHARS, MAX_NAME_BYTES = 100, 200
 
 
+IDX_NAMES = ("mnist", "fashion-mnist")  # read from their IDX files (data.format = "idx")
+TABLE_NAMES = ("breast-cancer", "wine")  # tables shipped with scikit-learn
+BUILT_IN = (*IDX_NAMES, "digits", *TABLE_NAMES, "cifar10")
+# the [data] keys that only some formats take, and which
+ONLY_FOR = {"label": ("csv",), "drop": ("csv",), "client": ("csv",), "image_size": ("image-folder",),
+            "channels": ("image-folder",), "test_path": ("csv", "image-folder")}
+
+
 class Data(Strict):
-    name: Literal["mnist", "fashion-mnist", "digits"] = "mnist"
+    # a built-in dataset (BUILT_IN), or with `format`, the name a user's data is shown under
+    name: str = Field(default="mnist", min_length=1, max_length=100)
+    format: Literal["idx", "npz", "csv", "image-folder", "cifar10"] | None = None
+    path: Path | None = Field(default=None, strict=False)  # the file or folder of `format`
+    test_path: Path | None = Field(default=None, strict=False)  # a test set beside a table or a folder
+    # of data without a test set, the share held out (fixed seed, stratified) as the common test set
+    common_test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    label: str | None = None  # csv: the column holding each row's class
+    drop: list[str] = []  # csv: columns that are neither the label nor a feature (ids, dates)
+    client: str | None = None  # csv: the column saying which client holds each row (partition "natural")
+    image_size: tuple[Annotated[int, Field(ge=1, le=4096)], Annotated[int, Field(ge=1, le=4096)]] | None = None
+    channels: Literal[1, 3] | None = None  # image-folder: greyscale or RGB; default: 1 where every image is grey
     dir: Path | None = Field(default=None, strict=False)  # beats FEDBRIDGE_DATA; TOML gives it as a string
     # used only when `name` cannot be found: the study then runs on scikit-learn's digits and says so
     fallback: Literal["digits"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_by_file(cls, tree: Any) -> Any:
+        # a user's file needs no name of its own: it is shown under its file name
+        if isinstance(tree, dict) and tree.get("format") in ("npz", "csv", "image-folder") and "name" not in tree \
+                and isinstance(tree.get("path"), str):
+            tree = {**tree, "name": Path(tree["path"]).stem or "data"}
+        return tree
+
+    @property
+    def kind(self) -> str:
+        """How the data is read: "idx" (the IDX files, or their digits fallback: data.datasets), "bundled"
+        (scikit-learn's tables), or one of the other formats (data.own)."""
+        if self.format is not None:
+            return self.format
+        return "bundled" if self.name in TABLE_NAMES else "cifar10" if self.name == "cifar10" else "idx"
+
+    @model_validator(mode="after")
+    def _fits_format(self) -> "Data":
+        if self.format is None and self.name not in BUILT_IN:
+            raise ValueError(f"data.name = {self.name!r} is not a built-in dataset ({', '.join(BUILT_IN)}); for your own "
+                             "data set data.format (npz, csv, image-folder, cifar10) and data.path (README, 'Your own data')")
+        if self.format == "idx" and self.name not in IDX_NAMES:
+            raise ValueError(f"data.format = \"idx\" reads {' and '.join(IDX_NAMES)}, not data.name = {self.name!r}")
+        if self.kind in ("npz", "csv", "image-folder") and self.path is None:
+            raise ValueError(f"data.format = {self.kind!r} needs data.path, the file or folder to read")
+        if self.kind == "csv" and self.label is None:
+            raise ValueError("data.format = \"csv\" needs data.label, the column holding each row's class")
+        for key, formats in ONLY_FOR.items():
+            if getattr(self, key) not in (None, []) and self.kind not in formats:
+                raise ValueError(f"data.{key} applies to data.format = {' or '.join(map(repr, formats))} only, "
+                                 f"not to {self.kind!r} data; remove it")
+        if self.fallback is not None and self.kind != "idx":
+            raise ValueError("data.fallback replaces MNIST or Fashion-MNIST files that cannot be found; remove it "
+                             f"for {self.kind!r} data")
+        return self
 
 
 class IID(Strict):
@@ -67,7 +123,13 @@ class Sizes(Strict):
     sizes: list[Annotated[int, Field(gt=0)]]
 
 
-Partition = Annotated[Union[IID, Dirichlet, Shards, Quantity, Sizes], Field(discriminator="name")]
+class Natural(Strict):
+    """Each holder the data names (data.client's values, or an image folder's client folders) is one client."""
+
+    name: Literal["natural"]
+
+
+Partition = Annotated[Union[IID, Dirichlet, Shards, Quantity, Sizes, Natural], Field(discriminator="name")]
 
 
 class Profile(BaseModel):
@@ -102,6 +164,22 @@ class Profile(BaseModel):
 class ClientGroup(Strict):
     count: int = Field(default=1, ge=1, le=MAX_CLIENTS)
     profile: Profile = Profile(name="clean")
+    # partition "natural": the clients of this group by name; without it, the group counts the next
+    # `count` clients the other groups do not name, in the sorted order of their names
+    names: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _counted_by_names(cls, tree: Any) -> Any:
+        if isinstance(tree, dict) and isinstance(tree.get("names"), list) and "count" not in tree:
+            tree = {**tree, "count": len(tree["names"])}
+        return tree
+
+    @model_validator(mode="after")
+    def _names_fit_count(self) -> "ClientGroup":
+        if self.names is not None and len(self.names) != self.count:
+            raise ValueError(f"names lists {len(self.names)} clients but count = {self.count}; leave count out")
+        return self
 
 
 class Train(Strict):
@@ -187,6 +265,11 @@ class Experiment(Strict):
                 f"partition.sizes has {len(self.partition.sizes)} entries but the clients groups "
                 f"add up to {self.n_clients} clients; give one size per client"
             )
+        named = [n for g in self.clients for n in g.names or []]
+        if named and not isinstance(self.partition, Natural):
+            raise ValueError('clients.N.names name the clients of partition.name = "natural"; remove them, or set it')
+        if len(set(named)) < len(named):
+            raise ValueError(f"clients.N.names name {next(n for n in named if named.count(n) > 1)!r} twice; name each once")
         self._strategy_fits_the_round()
         return self
 

@@ -43,6 +43,7 @@ class Diagnostic(TypedDict):
 
 class Row(TypedDict):
     client: int
+    client_name: NotRequired[str]  # a natural partition's holder
     profile: str
     method: str
     test_set: str
@@ -86,8 +87,11 @@ class RunSummary(TypedDict):
     engines: NotRequired[dict[str, str]]  # what trained each method; absent before runs could be deployed
     left_out: NotRequired[list[dict[str, Any]]]  # `fedbridge deploy` only
     # what the models take and give, so a saved model is rebuilt without the data; older runs lack them
-    input_shape: NotRequired[Annotated[list[int], Field(min_length=3, max_length=3)]]
+    # [channels, height, width], or [features] for a table
+    input_shape: NotRequired[Annotated[list[int], Field(min_length=1, max_length=3)]]
     num_classes: NotRequired[int]
+    class_names: NotRequired[list[str]]  # class k's name; absent where the classes are only numbers
+    common_test: NotRequired[bool]  # the "clean" test set is a common one held out of the user's data
 
 
 class SweepRow(TypedDict):

@@ -116,7 +116,7 @@ def run_study(
     seeds = [exp.seed + i for i in range(exp.seeds)]
     # a partition the data cannot give (too few samples, too large a test fraction) fails here,
     # before a run directory exists that would block re-running with the value fixed
-    rows = {seed: client_rows(dataset.train_labels, exp, seed) for seed in seeds}
+    rows = {seed: client_rows(dataset.train_labels, exp, seed, dataset) for seed in seeds}
     if not resume:
         results.create_run_dir(out)
     # one writer at a time: a second run or resume of this directory is refused before restore()

@@ -11,6 +11,7 @@ import fedbridge
 from fedbridge import detection, results
 from fedbridge.data.datasets import Dataset
 from fedbridge.experiment import Experiment
+from fedbridge.federation import client_names
 
 # A final test loss above this (or NaN) means training blew up, usually from too large a learning rate:
 # a uniform guess scores ln(10) = 2.3 nats, and models that learned anything score below 1.
@@ -49,6 +50,10 @@ def summarize(
         for method, scores in per_method.items():
             for score, curve in scores.items():
                 by_method.setdefault(method, {}).setdefault(score, []).append(curve)
+    table = results.table(final)
+    if names := client_names(exp, dataset):
+        for row in table:
+            row["client_name"] = names[row["client"] - 1]
     return {
         "name": exp.name,
         "dataset": dataset.name,
@@ -67,7 +72,9 @@ def summarize(
         # what Study.model builds the saved weights into
         "input_shape": list(dataset.input_shape),
         "num_classes": dataset.num_classes,
-        "table": results.table(final),
+        **({"class_names": list(dataset.class_names)} if dataset.class_names else {}),
+        "common_test": dataset.common_test,
+        "table": table,
         "diverged": _pairs(diverged),
         "chance": _pairs(_at_chance(final, dataset.num_classes) - diverged),  # a diverged one is warned of already
         "detection": {m: {score: detection.summary(c) for score, c in scores.items()} for m, scores in by_method.items()},

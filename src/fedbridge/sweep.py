@@ -144,7 +144,7 @@ def check_cells(sweep: Sweep, data_dir: Path | None) -> None:
         try:
             check_fits(exp, dataset)
             for seed in sweep.seeds:
-                client_rows(dataset.train_labels, exp, seed)
+                client_rows(dataset.train_labels, exp, seed, dataset)
         except ConfigError as e:
             raise ConfigError(f"grid cell {', '.join(cell.overrides)}: {e}") from None
 

@@ -1,7 +1,8 @@
 """Data-quality profiles: one function per noise model, plus the dispatch the config layer calls.
 
 Applied once per client when the federation is built, to its train and own-test data alike.
-Images are float32 in [0, 1], shape [N, C, H, W]; labels are int64, shape [N]. Every function
+Images are float32 in [0, 1], shape [N, C, H, W], of any size and channel count; a table is float32
+[N, F], not yet standardised; labels are int64, shape [N], of any number of classes. Every function
 returns new tensors and leaves its inputs untouched; all randomness comes from the `generator`
 argument, so a seeded generator gives identical output.
 """
@@ -25,10 +26,13 @@ __all__ = [
     "blur",
     "check_profile",
     "clean",
+    "feature_noise",
     "gaussian",
+    "missing",
     "occlusion",
     "pair_flip",
     "salt_pepper",
+    "shift",
     "symmetric",
 ]
 
@@ -150,6 +154,39 @@ def pair_flip(labels: Tensor, rate: float, num_classes: int, generator: torch.Ge
     return torch.where(flip, (labels + 1) % num_classes, labels)
 
 
+def _reference(table: Tensor, train: int | None) -> Tensor:
+    """The rows whose statistics set a table profile's scale: the client's training rows, which come first."""
+    return table if train is None else table[:train]
+
+
+def feature_noise(table: Tensor, sigma: float, generator: torch.Generator, train: int | None = None) -> Tensor:
+    """Add N(0, (sigma std_j)^2) noise to every value of feature j, std_j its std over the client's
+    training rows (the first `train`): noisy measurements, sigma in units of each feature's spread."""
+    NONNEGATIVE.check("feature_noise", "sigma", sigma)
+    std = _reference(table, train).std(0, correction=0)
+    return table + sigma * std * torch.randn(table.shape, generator=generator, dtype=table.dtype)
+
+
+def missing(table: Tensor, rate: float, generator: torch.Generator, train: int | None = None) -> Tensor:
+    """Remove each cell with probability `rate` and fill it with the mean of its feature's remaining
+    cells in the client's training rows (the first `train`), as a careless site imputes (0 where none remain)."""
+    PROBABILITY.check("missing", "rate", rate)
+    removed = torch.rand(table.shape, generator=generator) < rate
+    kept = ~_reference(removed, train)
+    mean = (_reference(table, train) * kept).sum(0) / kept.sum(0).clamp(min=1)
+    return torch.where(removed, mean.expand_as(table), table)
+
+
+def shift(table: Tensor, scale: float, generator: torch.Generator, train: int | None = None) -> Tensor:
+    """A miscalibrated site: every feature j offset by scale std_j z_j, z_j ~ N(0, 1) drawn once for the
+    client (the same on its train and own test rows), std_j over its training rows (the first `train`).
+    A site's own standardisation takes the offset out of its own data; it shows where its model meets
+    data standardised by others (the common test set)."""
+    NONNEGATIVE.check("shift", "scale", scale)
+    std = _reference(table, train).std(0, correction=0)
+    return table + scale * std * torch.randn(table.shape[1:], generator=generator, dtype=table.dtype)
+
+
 def _check_num_classes(profile: str, num_classes: int) -> None:
     if num_classes < 2:
         raise ConfigError(f"{profile}: label noise needs num_classes >= 2, got {num_classes}")
@@ -160,20 +197,35 @@ class Profile:
     """One entry of PROFILES: what to call, on what, with which parameters."""
 
     fn: Callable[..., Tensor]
-    kind: str  # "image" or "label": which tensor `fn` transforms
+    kind: str  # "image", "table" or "label": which tensor `fn` transforms ("any": none)
     params: dict[str, Range] = field(default_factory=dict)
     needs_generator: bool = True
 
 
 PROFILES: dict[str, Profile] = {
-    "clean": Profile(clean, "image", needs_generator=False),
+    "clean": Profile(clean, "any", needs_generator=False),
     "gaussian": Profile(gaussian, "image", {"sigma": NONNEGATIVE}),
     "salt_pepper": Profile(salt_pepper, "image", {"p": PROBABILITY}),
     "blur": Profile(blur, "image", {"sigma": BLUR_SIGMA}, needs_generator=False),
     "occlusion": Profile(occlusion, "image", {"size": COUNT}),
     "symmetric": Profile(symmetric, "label", {"rate": PROBABILITY}),
     "pair_flip": Profile(pair_flip, "label", {"rate": PROBABILITY}),
+    "feature_noise": Profile(feature_noise, "table", {"sigma": NONNEGATIVE}),
+    "missing": Profile(missing, "table", {"rate": PROBABILITY}),
+    "shift": Profile(shift, "table", {"scale": NONNEGATIVE}),
 }
+KIND_OF_DATA = {"image": "images", "table": "tables"}
+
+
+def refusal(name: str, tabular: bool) -> str | None:
+    """Why profile `name` cannot apply to this kind of data (images, or a table), or None."""
+    kind = _lookup(name).kind
+    data = "table" if tabular else "image"
+    if kind in KIND_OF_DATA and kind != data:
+        fits = sorted(n for n, p in PROFILES.items() if p.kind in (data, "label", "any"))
+        return (f"profile {name!r} applies to {KIND_OF_DATA[kind]}, and this data is "
+                f"{'a table' if tabular else 'images'}; its profiles: {', '.join(fits)}")
+    return None
 
 
 def apply_profile(
@@ -183,15 +235,21 @@ def apply_profile(
     labels: Tensor,
     num_classes: int,
     generator: torch.Generator,
+    train: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Apply the profile `name` with `params`; return new (images, labels).
+    """Apply the profile `name` with `params`; return new (images, labels). `images` may be a table
+    [N, F]: its first `train` rows, the client's training rows, set a table profile's scale.
 
     Every parameter of the profile is required and no other is accepted.
     """
     check_profile(name, params)
+    if why := refusal(name, images.ndim == 2):
+        raise ConfigError(why)
     profile = PROFILES[name]
     extra = {"generator": generator} if profile.needs_generator else {}
-    if profile.kind == "image":
+    if profile.kind == "table":
+        return profile.fn(images, **params, **extra, train=train), labels.clone()
+    if profile.kind in ("image", "any"):
         return profile.fn(images, **params, **extra), labels.clone()
     return images.clone(), profile.fn(labels, **params, num_classes=num_classes, **extra)
 

@@ -18,18 +18,32 @@ from fedbridge.errors import DataError
 
 @dataclass(frozen=True)
 class Dataset:
-    name: str  # "mnist" | "fashion-mnist" | "digits"
-    train_images: np.ndarray  # uint8 [N, H, W]
-    train_labels: np.ndarray  # int64 [N]
-    test_images: np.ndarray  # uint8 [M, H, W]
+    name: str  # "mnist" | "fashion-mnist" | "digits" | a user's data (its file's name by default)
+    # images: uint8 [N, H, W] (one channel), uint8 or float32 in [0, 1] [N, C, H, W]; a table: float32 [N, F]
+    train_images: np.ndarray
+    train_labels: np.ndarray  # int64 [N], class numbers 0..num_classes-1
+    test_images: np.ndarray  # as train_images, [M, ...]
     test_labels: np.ndarray  # int64 [M]
     source: str  # where the files were found, for humans
     num_classes: int = 10
+    class_names: tuple[str, ...] = ()  # class k's name; () where the classes are only numbers
+    # the client each training row belongs to (index into client_names), for partition "natural"
+    train_clients: np.ndarray | None = None
+    client_names: tuple[str, ...] = ()  # sorted
+    # True where the test set is held out of (or given beside) the user's data rather than a clean
+    # reference split: its column is titled "common test", not "clean test"
+    common_test: bool = False
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """One sample as the models take it, [channels, height, width]: federation.to_float adds the channel."""
-        return (1, *self.train_images.shape[1:])
+    def tabular(self) -> bool:
+        return self.train_images.ndim == 2
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample as the models take it, [channels, height, width] or [features]: federation.to_float
+        adds the channel to one-channel [N, H, W] images."""
+        shape = self.train_images.shape[1:]
+        return (1, *shape) if len(shape) == 2 else tuple(shape)
 
 
 def load_dataset(

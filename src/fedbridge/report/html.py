@@ -113,9 +113,9 @@ def data_sections(run: Path, exp: Experiment, summary: dict, data_dir: Path | No
     rows = []
     for c, o in zip(federation.clients, original.clients):
         picked = c.train_rows[:SAMPLES_PER_CLIENT]
-        rows.append((f"client {c.index + 1}:\n{c.profile}", original.train_images[picked], original.train_labels[picked],
-                     federation.train_images[picked], federation.train_labels[picked]))
-    out = [section(
+        rows.append((f"client {c.name or c.index + 1}:\n{c.profile}", original.train_images[picked],
+                     original.train_labels[picked], federation.train_images[picked], federation.train_labels[picked]))
+    out = [] if dataset.tabular else [section(  # a table's rows are no pictures
         "What each client's data looks like", image(plots.samples(rows), "sample images per client"),
         f"The first {SAMPLES_PER_CLIENT} training images of each client (seed {seed}): the original above, what the "
         "client trains on below, with its label (red where the profile changed the label).",

@@ -92,7 +92,10 @@ def samples(rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torc
         for j in range(n):
             for k, (images, labels) in enumerate(((before, before_labels), (after, after_labels))):
                 ax = axes[2 * i + k, j]
-                ax.imshow(images[j, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+                if images.shape[1] == 3:  # colour images as they are, one channel in grey
+                    ax.imshow(images[j].permute(1, 2, 0).clamp(0, 1).numpy())
+                else:
+                    ax.imshow(images[j, 0].numpy(), cmap="gray", vmin=0, vmax=1)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 changed = k == 1 and labels[j] != before_labels[j]

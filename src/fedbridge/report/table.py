@@ -45,6 +45,16 @@ def _index(summary: dict) -> tuple[dict, dict[int, str]]:
     return rows, {r["client"]: r["profile"] for r in summary["table"]}
 
 
+def client_label(summary: dict, client: int) -> str:
+    """A client as people know it: its holder's name in a natural partition, else its number."""
+    return next((r["client_name"] for r in summary["table"] if r["client"] == client and "client_name" in r), str(client))
+
+
+def test_title(summary: dict) -> str:
+    """What the run's shared test set is: "clean" (a reference split), or "common" (held out of the user's data)."""
+    return "common" if summary.get("common_test") else "clean"
+
+
 def main_cells(summary: dict) -> Cells:
     """Per client: each method's own-test accuracy (with the gain after the strategy's and FedAvg's),
     then each method's clean-test accuracy."""
@@ -54,15 +64,16 @@ def main_cells(summary: dict) -> Cells:
     columns = [("client", True), ("data", False)]
     for m, gain in zip(methods, with_gain):
         columns += [(f"{title(m)}, own test", True)] + [("gain", True)] * gain
-    columns += [(f"{title(m)}, clean test", True) for m in methods]
+    columns += [(f"{title(m)}, {test_title(summary)} test", True) for m in methods]
     table = Cells(
         f"{summary['name']}: what joining the federation changed", columns,
         caption=(f"{summary['dataset']} ({summary['data_source']}), accuracy % "
                  + (f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}")
-                 + f", after {summary['rounds']} rounds"),
+                 + f", after {summary['rounds']} rounds"
+                 + (f"; classes: {', '.join(summary['class_names'])}" if summary.get("class_names") else "")),
     )
     for c in sorted(profiles):
-        cells = [str(c), profiles[c]]
+        cells = [client_label(summary, c), profiles[c]]
         for m, gain in zip(methods, with_gain):
             cells += [_cell(rows, (c, m, "own"))] + [_gain(rows, c, m)] * gain
         table.rows.append(cells + [_cell(rows, (c, m, "clean")) for m in methods])
@@ -77,10 +88,10 @@ def cross_cells(summary: dict) -> Cells | None:
     if LOCAL not in methods or not any(k[2].startswith("client:") for k in rows) or len(clients) > CROSS_TABLE_MAX_CLIENTS:
         return None
     table = Cells("each model on each client's own test data (accuracy %)",
-                  [("model", False)] + [(f"client {c} test ({profiles[c]})", True) for c in clients])
+                  [("model", False)] + [(f"client {client_label(summary, c)} test ({profiles[c]})", True) for c in clients])
     for c in clients:
         test = lambda t: "own" if t == c else f"client:{t}"  # noqa: E731
-        table.rows.append([f"client {c} alone", *[_cell(rows, (c, LOCAL, test(t))) for t in clients]])
+        table.rows.append([f"client {client_label(summary, c)} alone", *[_cell(rows, (c, LOCAL, test(t))) for t in clients]])
     table.rows.extend([title(m), *[_cell(rows, (t, m, "own")) for t in clients]] for m in methods if m != LOCAL)
     return table
 
@@ -109,6 +120,9 @@ def notes(summary: dict) -> list[tuple[str, str]]:
     """What the reader must know beside the numbers, as (kind, text): the data's note, then the
     seeds whose training diverged or learned nothing."""
     out = [("note", summary["data_note"])] if summary.get("data_note") else []
+    if summary.get("common_test"):
+        out.append(("note", "the common test set is held out of the data itself (data.common_test_fraction, the same "
+                            "rows on every run), not a clean reference split: it is as good as the data it came from"))
     out += [("warning", (
         f"seed {d['seed']}, {title(d['method'])}: training diverged (its test loss is huge or NaN), so its accuracies "
         "are those of a broken model; usually a step too large for it: lower train.lr, or the strategy's step or "

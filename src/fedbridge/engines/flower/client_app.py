@@ -17,12 +17,12 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedbridge.data.cache import cache_dir
-from fedbridge.data.datasets import Dataset, load_dataset
+from fedbridge.data.datasets import Dataset
 from fedbridge.data.idx import read_idx, unreadable
 from fedbridge.engines.flower.arrays import from_record, to_record
 from fedbridge.errors import ConfigError, DataError
 from fedbridge.experiment import IID, ClientGroup, Experiment
-from fedbridge.federation import Client, Federation, build_federation
+from fedbridge.federation import Client, Federation, build_federation, load_data
 from fedbridge.files import atomic_write
 from fedbridge.local import client_generator, evaluate, local_update
 from fedbridge.models import build_model
@@ -57,7 +57,7 @@ def build_own(exp: Experiment, seed: int, client: int, data_dir: str | None, dat
     """Only this client's share of the benchmark federation, or, with `data_folder`, the node's own
     files as a one-client federation with this client's profile (split and corrupted the same way)."""
     if data_folder is None:
-        full = build_federation(load_dataset(exp.data.name, data_dir), exp, seed)
+        full = build_federation(load_data(exp, data_dir), exp, seed)
         mine = full.clients[client]
     else:
         alone = exp.model_copy(update={"clients": [ClientGroup(profile=exp.profiles[client])], "partition": IID(name="iid")})
@@ -119,10 +119,9 @@ def my_client(message: Message, context: Context) -> tuple[Experiment, int, Fede
 def describe(message: Message, context: Context) -> Message:
     """Which client this node is and what its data looks like, so the server can build the model."""
     _, _, federation, client = my_client(message, context)
-    channels, height, width = federation.input_shape
     info = ConfigRecord({
         "partition-id": client.index, "num-examples": len(client.train_rows),
-        "input-shape": [channels, height, width], "num-classes": federation.num_classes,
+        "input-shape": list(federation.input_shape), "num-classes": federation.num_classes,
     })
     return Message(RecordDict({"info": info}), reply_to=message)
 
