@@ -51,7 +51,8 @@ class Data(Strict):
     label: str | None = None  # csv: the column holding each row's class
     drop: list[str] = []  # csv: columns that are neither the label nor a feature (ids, dates)
     client: str | None = None  # csv: the column saying which client holds each row (partition "natural")
-    image_size: tuple[Annotated[int, Field(ge=1, le=4096)], Annotated[int, Field(ge=1, le=4096)]] | None = None
+    # image-folder: [height, width] every image is resized to; needed where the images differ in size
+    image_size: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(default=None, min_length=2, max_length=2)
     channels: Literal[1, 3] | None = None  # image-folder: greyscale or RGB; default: 1 where every image is grey
     dir: Path | None = Field(default=None, strict=False)  # beats FEDBRIDGE_DATA; TOML gives it as a string
     # used only when `name` cannot be found: the study then runs on scikit-learn's digits and says so

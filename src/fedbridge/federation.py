@@ -78,7 +78,7 @@ def load_data(exp: Experiment, data_dir: Path | None, load: Callable[..., Datase
         return load(d.name, data_dir or d.dir)
     return own.load_own(own.Source(
         name=d.name, format=d.kind, path=d.path, test_path=d.test_path, common_test_fraction=d.common_test_fraction,
-        label=d.label, drop=tuple(d.drop), client=d.client, image_size=d.image_size, channels=d.channels,
+        label=d.label, drop=tuple(d.drop), client=d.client, image_size=tuple(d.image_size) if d.image_size else None, channels=d.channels,
         by_client=isinstance(exp.partition, Natural), roots=own.roots(data_dir or d.dir),
     ))
 

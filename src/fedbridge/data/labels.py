@@ -20,7 +20,7 @@ def encode(train: np.ndarray, test: np.ndarray, where: str, test_where: str) -> 
                         "give both the same kind of labels")
     classes = np.unique(train)
     if len(classes) < 2:
-        raise DataError(f"{where}: every label is {classes[0]!r}; a classifier needs at least two classes")
+        raise DataError(f"{where}: every label is {classes[0].item()!r}; a classifier needs at least two classes")
     unknown = np.setdiff1d(np.unique(test), classes)
     if len(unknown):
         shown = ", ".join(map(repr, unknown[:5].tolist()))

@@ -60,9 +60,10 @@ def load_own(source: Source) -> Dataset:
         raise DataError(f"{test.where}: its samples are {test.samples.shape[1:]}, those of {train.where} "
                         f"{train.samples.shape[1:]}; give the test set the same columns (or image size)")
     held_out = f"; common test set: {len(y_test)} rows held out of it" if common else f"; test set: {test.where}"
+    where = str(source.path) if source.format in ("npz", "csv", "image-folder") else train.where
     return Dataset(
         name=source.name, train_images=train.samples, train_labels=y_train, test_images=test.samples,
-        test_labels=y_test, source=train.where + held_out, num_classes=len(names), class_names=names,
+        test_labels=y_test, source=where + held_out, num_classes=len(names), class_names=names,
         train_clients=owners, client_names=client_names, common_test=common,
     )
 
