@@ -127,7 +127,7 @@ class Study:
         """The final round over seeds, one row per (client, method, test set), as summary.json's "table"."""
         import pandas as pd  # slow to import, and only the tables need it
 
-        return pd.DataFrame(self.summary["table"], columns=list(schema.Row.__annotations__))
+        return pd.DataFrame(self.summary["table"], columns=schema.row_columns(self.summary["table"]))
 
     def metrics(self) -> pd.DataFrame:
         """metrics.jsonl: one row per seed, method, evaluated round, client and test set."""
@@ -157,7 +157,7 @@ class Study:
             ) from None
         return module.eval()
 
-    def _model_io(self) -> tuple[tuple[int, int, int], int]:
+    def _model_io(self) -> tuple[tuple[int, ...], int]:
         s = self.summary
         if "input_shape" in s and "num_classes" in s:
             return tuple(s["input_shape"]), s["num_classes"]

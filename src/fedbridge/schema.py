@@ -52,6 +52,12 @@ class Row(TypedDict):
     n_seeds: Annotated[int, Field(ge=1)]
 
 
+def row_columns(rows: list[dict]) -> list[str]:
+    """The columns of summary.json's rows as a table, in the schema's order: client_name only where a
+    natural partition named the clients."""
+    return [k for k in Row.__annotations__ if k != "client_name" or any(k in r for r in rows)]
+
+
 class Detection(TypedDict):
     auc_by_round: list[float | None]
     first: float | None

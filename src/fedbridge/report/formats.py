@@ -6,7 +6,7 @@ import io
 import json
 
 from fedbridge.report.table import Cells, main_cells
-from fedbridge.schema import Row
+from fedbridge.schema import row_columns
 
 
 def as_json(summary: dict) -> str:
@@ -17,7 +17,7 @@ def as_csv(summary: dict) -> str:
     """One line per row of summary.json's table, the columns in the schema's order."""
     out = io.StringIO()
     # "\n": printed to a terminal or a pipe; the csv module reads either line ending back
-    writer = csv.DictWriter(out, fieldnames=list(Row.__annotations__), lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=row_columns(summary["table"]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(summary["table"])
     return out.getvalue()
