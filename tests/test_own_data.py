@@ -92,6 +92,9 @@ def test_csv_natural_partition_names_the_clients(tmp_path):
     assert s["class_names"] == sorted(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
     shown = invoke("show", out).output
     assert "south" in shown and "feature_noise(sigma=1.0)" in shown and "classes: eight, five" in shown
+    assert invoke("report", out).exit_code == 0
+    page = (out / "report.html").read_text()
+    assert "south" in page and "common test" in page and "sample images per client" not in page  # a table
 
 
 def test_csv_with_a_test_path_and_an_iid_partition(tmp_path):
@@ -123,9 +126,12 @@ def image_folder(root, n=120, by_client=False, size=(8, 8)):
 
 def test_image_folder(tmp_path):
     image_folder(tmp_path / "images")
-    s = ran(*run(tmp_path, {"format": "image-folder", "path": str(tmp_path / "images"), "image_size": [6, 6],
-                            "channels": 3}, clients=[{"count": 2, "profile": {"name": "occlusion", "size": 2}}]))
+    result, out = run(tmp_path, {"format": "image-folder", "path": str(tmp_path / "images"), "image_size": [6, 6],
+                      "channels": 3}, clients=[{"count": 2, "profile": {"name": "occlusion", "size": 2}}])
+    s = ran(result, out)
     assert s["input_shape"] == [3, 6, 6] and s["class_names"] == [str(k) for k in range(10)]
+    result = invoke("report", out)
+    assert result.exit_code == 0 and "sample images per client" in (out / "report.html").read_text()
 
 
 def test_image_folder_of_client_folders(tmp_path):

@@ -19,7 +19,7 @@ from fedbridge.local import stacked_forward
 from fedbridge.models import build_model
 from fedbridge.report import advice, plots
 from fedbridge.report.grid import grid_cells, grid_rows
-from fedbridge.report.table import Cells, notes, tables
+from fedbridge.report.table import Cells, notes, tables, test_title
 from fedbridge.schema import LOCAL
 from fedbridge.strategies.api import ServerState
 
@@ -163,8 +163,9 @@ def run_page(run: Path, summary: dict, data_dir: Path | None) -> str:
     sections += [
         section("What joining the federation changed", run_tables(summary),
                 "gain = own-test accuracy with the federation − alone, in percentage points."),
-        section("Accuracy per round", image(plots.curves(metrics, strategy, profiles), "accuracy per round per client"),
-                f"{strategy} on each client's own and on the clean test set ({spread}, band ± std); dotted: "
+        section("Accuracy per round", image(plots.curves(metrics, strategy, profiles, test_title(summary)),
+                                            "accuracy per round per client"),
+                f"{strategy} on each client's own and on the {test_title(summary)} test set ({spread}, band ± std); dotted: "
                 "the same client trained alone, after the last round."),
     ]
     if LOCAL in summary["methods"]:

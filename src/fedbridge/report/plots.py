@@ -38,9 +38,10 @@ def _grid(n: int, height: float, cols: int = 4):
     return fig, axes.flat
 
 
-def curves(metrics: list[dict], strategy: str, profiles: dict[int, str]) -> bytes:
+def curves(metrics: list[dict], strategy: str, profiles: dict[int, str], shared: str = "clean") -> bytes:
     """Per client: the strategy's accuracy per round on its own and on the clean test set (mean over
-    seeds, band ± std), with the local-only model's final level on each as a dotted reference line."""
+    seeds, band ± std), with the local-only model's final level on each as a dotted reference line;
+    `shared`: what the clean test set is called ("common" where it is held out of the user's data)."""
     by_round: dict[tuple, list[float]] = defaultdict(list)
     for r in metrics:
         by_round[(r["method"], r["client"], r["test_set"], r["round"])].append(r["accuracy"])
@@ -51,11 +52,13 @@ def curves(metrics: list[dict], strategy: str, profiles: dict[int, str]) -> byte
             rounds = sorted(k[3] for k in by_round if k[:3] == (strategy, client, test_set))
             stats = np.array([results.mean_std(by_round[(strategy, client, test_set, r)]) for r in rounds]) * 100
             if len(rounds):
-                ax.plot(rounds, stats[:, 0], color=color, marker="o", ms=3, label=f"{strategy}, {test_set} test")
+                shown = shared if test_set == "clean" else test_set
+                ax.plot(rounds, stats[:, 0], color=color, marker="o", ms=3, label=f"{strategy}, {shown} test")
                 ax.fill_between(rounds, stats[:, 0] - stats[:, 1], stats[:, 0] + stats[:, 1], color=color, alpha=0.2)
             alone = by_round.get((LOCAL, client, test_set, last))
             if alone:
-                ax.axhline(100 * results.mean_std(alone)[0], color=color, ls=":", label=f"alone, {test_set} test")
+                ax.axhline(100 * results.mean_std(alone)[0], color=color, ls=":",
+                           label=f"alone, {shared if test_set == 'clean' else test_set} test")
         ax.set_title(f"client {client}: {profile}", fontsize=10)
         ax.set_xlabel("round")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
