@@ -120,3 +120,12 @@ def test_images_of_different_sizes_need_image_size(tmp_path):
 ])
 def test_bad_data_keys(tmp_path, data, expected):
     refused(tmp_path, data, 2, expected)
+
+
+def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
+    from fedbridge.data import tables
+    from fedbridge.errors import ConfigError
+
+    monkeypatch.setattr(tables.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"needs pyarrow: pip install pyarrow \(or save the table as .csv\)"):
+        tables.read_table(tmp_path / "t.parquet", "y", [], None)
