@@ -85,3 +85,14 @@ def test_each_client_is_standardised_with_its_own_training_rows():
     pooled = torch.from_numpy(dataset.train_images[np.concatenate([r for r, _ in client_rows(dataset.train_labels, natural([2]), 0, dataset)])])
     expected = (torch.from_numpy(dataset.test_images) - pooled.mean(0)) / pooled.std(0, correction=0)
     assert torch.allclose(federation.clean_test_images, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("profile", [{"name": "shift", "scale": 1.0}, {"name": "missing", "rate": 0.3},
+                                     {"name": "feature_noise", "sigma": 0.5}, {"name": "symmetric", "rate": 0.5}])
+def test_a_table_federation_is_the_same_for_the_same_seed(profile):
+    dataset = table_dataset([0] * 40 + [1] * 40)
+    exp = natural([2]).model_copy(update={"clients": validate({
+        "clients": [{"count": 2, "profile": profile}], "train": {"lr": 0.1, "batch_size": 4, "rounds": 1}}).clients})
+    a, b, other = (build_federation(dataset, exp, seed) for seed in (3, 3, 4))
+    assert torch.equal(a.train_images, b.train_images) and torch.equal(a.train_labels, b.train_labels)
+    assert not (torch.equal(a.train_images, other.train_images) and torch.equal(a.train_labels, other.train_labels))

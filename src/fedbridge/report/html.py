@@ -136,7 +136,7 @@ def data_sections(run: Path, exp: Experiment, summary: dict, data_dir: Path | No
     matrices = [matrix("alone (before)", before), matrix(f"{strategy} (after)", after)]
     out.append(section(
         f"The weakest client (client {weakest}, {client.profile}) before and after",
-        image(plots.confusions(matrices), "confusion matrices of the weakest client"),
+        image(plots.confusions(matrices, federation.class_names), "confusion matrices of the weakest client"),
         f"Its own test data, seed {seed}; the weakest is the client with the lowest accuracy alone.",
     ))
     return out

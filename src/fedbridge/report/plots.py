@@ -109,8 +109,9 @@ def samples(rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torc
     return png(fig)
 
 
-def confusions(matrices: list[tuple[str, torch.Tensor]]) -> bytes:
-    """Side-by-side confusion matrices (rows: true class, columns: predicted), counts in the cells."""
+def confusions(matrices: list[tuple[str, torch.Tensor]], class_names: tuple[str, ...] = ()) -> bytes:
+    """Side-by-side confusion matrices (rows: true class, columns: predicted), counts in the cells;
+    the axes name the classes where `class_names` does (else their numbers)."""
     fig, axes = plt.subplots(1, len(matrices), figsize=(WIDTH, 0.93 * WIDTH / len(matrices)), squeeze=False)
     for ax, (title, m) in zip(axes.flat, matrices):
         m = m.numpy()
@@ -119,8 +120,9 @@ def confusions(matrices: list[tuple[str, torch.Tensor]]) -> bytes:
             if count:
                 ax.text(j, i, str(count), ha="center", va="center", fontsize=6,
                         color="white" if count > m.max() / 2 else "black")
-        ax.set_xticks(range(len(m)))
-        ax.set_yticks(range(len(m)))
+        names = list(class_names) if len(class_names) == len(m) else [str(k) for k in range(len(m))]
+        ax.set_xticks(range(len(m)), names, fontsize=6, rotation=90 if max(map(len, names)) > 2 else 0)
+        ax.set_yticks(range(len(m)), names, fontsize=6)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(title, fontsize=9)
