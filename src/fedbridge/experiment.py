@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedbridge import files
+from fedbridge import files, losses
 from fedbridge.data import corrupt
 from fedbridge.errors import ConfigError
 from fedbridge.schema import LOCAL, POOLED
@@ -112,6 +112,12 @@ class Train(Strict):
     local_epochs: int = Field(default=1, ge=1, le=MAX_LOCAL_EPOCHS)
     rounds: int = Field(ge=1, le=MAX_ROUNDS)
     client_fraction: float = Field(default=1.0, gt=0, le=1)
+    loss: losses.LossConfig = losses.CE  # "ce", "gce", "sce", or a table with the loss's keys
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_by_name(cls, value: Any) -> Any:
+        return losses.by_name(value)
 
 
 class Eval(Strict):
@@ -296,6 +302,8 @@ def _describe(error: dict) -> str:
     tag = None
     if loc[:1] in (["partition"], ["strategy"]) and len(loc) >= 2:
         tag = loc.pop(1)  # pydantic's union tag: partition.sizes.sizes -> partition.sizes
+    elif loc[:2] == ["train", "loss"] and len(loc) >= 3:
+        loc.pop(2)  # train.loss.gce.q -> train.loss.q
     msg = error["msg"].removeprefix("Value error, ")
     if not loc:
         return msg

@@ -53,7 +53,7 @@ OnRound = Callable[[int, list[Record], list[Diagnostic], ServerState], None]
 
 def recipe(exp: Experiment) -> Recipe:
     t = exp.train
-    return Recipe(t.optimizer, t.lr, t.batch_size, t.local_epochs, t.momentum)
+    return Recipe(t.optimizer, t.lr, t.batch_size, t.local_epochs, t.momentum, t.loss)
 
 
 def schedule(method: Method, exp: Experiment, seed: int, profiles: list[str]) -> Schedule:
