@@ -19,7 +19,7 @@ from fedbridge import files, losses
 from fedbridge.data import corrupt
 from fedbridge.errors import ConfigError
 from fedbridge.schema import LOCAL, POOLED
-from fedbridge.strategies import registry
+from fedbridge.strategies import noise_screen, registry
 from fedbridge.strategies.api import Setup
 from fedbridge.strategies.fedavg import Config as FedAvg
 from fedbridge.strategies.registry import StrategyConfig
@@ -112,7 +112,9 @@ class Train(Strict):
     local_epochs: int = Field(default=1, ge=1, le=MAX_LOCAL_EPOCHS)
     rounds: int = Field(ge=1, le=MAX_ROUNDS)
     client_fraction: float = Field(default=1.0, gt=0, le=1)
-    loss: losses.LossConfig = losses.CE  # "ce", "gce", "sce", or a table with the loss's keys
+    # "ce", "gce", "sce", or a table with the loss's keys; None is "ce", left out of the resolved
+    # config so that runs made before train.loss existed keep their fingerprint
+    loss: losses.LossConfig | None = None
 
     @field_validator("loss", mode="before")
     @classmethod
@@ -202,6 +204,8 @@ class Experiment(Strict):
         # a [strategy] table without a name keeps meaning FedAvg, as before strategies had parameters
         if isinstance(tree, dict) and isinstance(tree.get("strategy"), dict) and "name" not in tree["strategy"]:
             tree = {**tree, "strategy": {**tree["strategy"], "name": "fedavg"}}
+        if isinstance(tree, dict) and (problem := noise_screen.refusal(tree.get("strategy"))):
+            raise ValueError(problem)
         return tree
 
     def _strategy_fits_the_round(self) -> None:

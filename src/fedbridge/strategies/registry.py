@@ -10,7 +10,7 @@ from pydantic import Field
 from fedbridge.schema import LOCAL, POOLED
 from fedbridge.strategies import (
     adaptive, afl, bulyan, clipping, custom, ditto, fedavg, fedavgm, fednova, fedper, fedprox, fedrep, finetune, krum,
-    median, qfedavg, quality, scaffold, trimmed_mean,
+    median, noise_screen, qfedavg, quality, scaffold, trimmed_mean,
 )
 from fedbridge.strategies.api import Setup, Strategy, StrategySpec
 
@@ -31,7 +31,8 @@ BASELINE_TITLES = {LOCAL: "alone", POOLED: "pooled"}
 
 
 def spec(config: Any) -> StrategySpec:
-    return _BY_NAME[config.name]
+    found = _BY_NAME[config.name]
+    return noise_screen.screened_spec(found) if getattr(config, "noise_screen", None) else found
 
 
 def build(config: Any, setup: Setup) -> Strategy:
