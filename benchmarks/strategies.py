@@ -224,8 +224,10 @@ def no_client_worse_off(verdicts: dict[str, dict], scenarios: list[tuple]) -> li
            "|---|---|---|"]
     for m, by in verdicts.items():
         clear = [s for s in scenarios if s in by and by[s][0] == 0]
+        unsettled = sum(1 for s in by if not isinstance(by[s][0], int))  # one seed: no interval
         shortfall = max(100 * (best[s] - by[s][1]) for s in by)
-        out.append(f"| {m} | {len(clear)} of {len(scenarios)} | {shortfall:.1f} |")
+        note = f" ({unsettled} with one seed, unsettled)" if unsettled else ""
+        out.append(f"| {m} | {len(clear)} of {len(scenarios)}{note} | {shortfall:.1f} |")
     return out
 
 
