@@ -27,6 +27,7 @@ from fedbridge.engines import simulation
 from fedbridge.errors import FedbridgeError
 from fedbridge.experiment import validate
 from fedbridge.federation import build_federation
+from fedbridge.results import BOUNDS, confidence_interval
 
 CLIENTS = [
     {"count": 5, "profile": "clean"},
@@ -51,6 +52,12 @@ METHODS = {
     "krum": {"name": "krum", "byzantine": 2, "select": 1},
     "clipping": {"name": "clipping"},
     "quality": {"name": "quality", "alpha": 5.0},
+    "qfedavg": {"name": "qfedavg", "q": 1.0},
+    "afl": {"name": "afl", "step_size": 0.01},
+    "bulyan": {"name": "bulyan", "byzantine": 1},
+    "eagle": {"name": "eagle", "lam": 1.0, "alone_epochs": 5},
+    "fednoro": {"name": "fednoro", "warmup": 5, "mu": 0.1},
+    "fedavg_fedns": {"name": "fedavg", "noise_screen": "fedns"},
     "finetune": {"name": "finetune", "epochs": 1},
     "ditto": {"name": "ditto", "lam": 0.1},
     "fedper": {"name": "fedper"},
@@ -189,6 +196,41 @@ def one_setting(lines: list[dict], paths: list[Path]) -> tuple:
     return found.pop()
 
 
+def per_client_verdict(runs: list[dict], local: dict) -> tuple[str, int | str]:
+    """The worst client's gain over alone (mean over seeds, paired by seed, with its Student-t 95%
+    interval) and how many clients are significantly worse off (interval below zero)."""
+    paired = [r for r in runs if local.get(r["seed"])]
+    if not paired:
+        return "–", "–"
+    gains = {c: [r["own"][c] - local[r["seed"]]["own"][c] for r in paired] for c in paired[0]["own"]}
+    intervals = {c: confidence_interval(g, bounds=BOUNDS["gain"]) for c, g in gains.items()}
+    client = min(gains, key=lambda c: statistics.fmean(gains[c]))
+    ci = intervals[client]
+    shown = f"{100 * statistics.fmean(gains[client]):+.1f}" + (f" [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "")
+    if len(paired) < 2:
+        return f"{shown} (client {client})", "– (one seed)"
+    return f"{shown} (client {client})", sum(1 for i in intervals.values() if i[1] < 0)
+
+
+def no_client_worse_off(verdicts: dict[str, dict], scenarios: list[tuple]) -> list[str]:
+    """Per strategy: the scenarios in which no client ends up significantly worse off than alone, and
+    how far its mean client accuracy falls short of the best strategy's there (at most, in points)."""
+    if not verdicts:  # only "alone" was run
+        return []
+    best = {s: max(v[s][1] for v in verdicts.values() if s in v) for s in scenarios if any(s in v for v in verdicts.values())}
+    out = ["\n**No client worse off** (scenarios where no client's 95% interval of its gain over alone lies "
+           "below zero; mean client accuracy's largest shortfall from the best strategy's, in points)\n",
+           "| strategy | scenarios with no client worse off | largest shortfall of mean client accuracy |",
+           "|---|---|---|"]
+    for m, by in verdicts.items():
+        clear = [s for s in scenarios if s in by and by[s][0] == 0]
+        unsettled = sum(1 for s in by if not isinstance(by[s][0], int))  # one seed: no interval
+        shortfall = max(100 * (best[s] - by[s][1]) for s in by)
+        note = f" ({unsettled} with one seed, unsettled)" if unsettled else ""
+        out.append(f"| {m} | {len(clear)} of {len(scenarios)}{note} | {shortfall:.1f} |")
+    return out
+
+
 def table(paths: list[Path]) -> str:
     lines = [line for path in paths for line in read_lines(path, "--table")]
     setting = one_setting(lines, paths)
@@ -196,6 +238,7 @@ def table(paths: list[Path]) -> str:
     scenarios = sorted({(r["dataset"], r["partition"]) for r in lines})
     methods = [m for m in METHODS if any(r["method"] == m for r in lines)]
     out = []
+    verdicts: dict[str, dict] = defaultdict(dict)  # strategy -> scenario -> (clients worse off, mean client accuracy)
     for dataset, partition in scenarios:
         seeds = sorted({r["seed"] for r in lines if (r["dataset"], r["partition"]) == (dataset, partition)})
         profiles = by.get((dataset, partition, seeds[0], "local"), lines[0])["profiles"]
@@ -205,8 +248,9 @@ def table(paths: list[Path]) -> str:
                 groups[p].append(c)
         out.append(f"\n**{dataset}, {partition}** ({describe(setting)}, seeds {', '.join(map(str, seeds))}; accuracy %, mean ± std over seeds)\n")
         out.append("| strategy | clean test | mean client, own test | worst client, own test | "
-                   + " | ".join(f"gain over alone: {p}" for p in groups) + " |")
-        out.append("|---" * (4 + len(groups)) + "|")
+                   + " | ".join(f"gain over alone: {p}" for p in groups)
+                   + " | worst client's gain over alone [95% CI] | clients significantly worse off |")
+        out.append("|---" * (6 + len(groups)) + "|")
         for m in methods:
             runs = [by[(dataset, partition, s, m)] for s in seeds if (dataset, partition, s, m) in by]
             local = {r["seed"]: by.get((dataset, partition, r["seed"], "local")) for r in runs}
@@ -216,10 +260,15 @@ def table(paths: list[Path]) -> str:
                      for r in runs if local[r["seed"]]]
                 gains.append("–" if m == "local" else _pm(g))
             label = m if len(runs) == len(seeds) else f"{m} (seed {', '.join(str(r['seed']) for r in runs)} only)"
+            worst, worse_off = ("–", "–") if m == "local" else per_client_verdict(runs, local)
             out.append(
                 f"| {label} | {_pm([r['clean'] for r in runs])} | {_pm([statistics.fmean(r['own'].values()) for r in runs])} "
-                f"| {_pm([min(r['own'].values()) for r in runs])} | " + " | ".join(gains) + " |"
+                f"| {_pm([min(r['own'].values()) for r in runs])} | " + " | ".join(gains) + f" | {worst} | {worse_off} |"
             )
+            if m != "local" and runs:
+                verdicts[m][(dataset, partition)] = (worse_off, statistics.fmean(
+                    statistics.fmean(r["own"].values()) for r in runs))
+    out += no_client_worse_off(verdicts, scenarios)
     out.append("\n**Noisy-client detection under FedAvg** (ROC-AUC of each score against the true profiles, mean over seeds)\n")
     out.append("| scenario | score | round 1 | last round | reliable (AUC ≥ 0.9 to the end) from round |")
     out.append("|---|---|---|---|---|")

@@ -11,7 +11,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent))  # the benchmarks package sits beside src/, not installed
 
-from benchmarks import entry, flower_round, job, mcmahan, positive_int, results_file, speed, strategies  # noqa: E402
+from benchmarks import entry, fedns, flower_round, job, mcmahan, positive_int, results_file, speed, strategies  # noqa: E402
 from fedbridge.errors import DataError, FedbridgeError  # noqa: E402
 
 
@@ -134,3 +134,28 @@ def test_strategies_records_its_settings_and_resumes_only_the_same_experiment(tm
     assert "holds results run with rounds 1, lr 0.1, batch size 64" in capsys.readouterr().err
     assert out.read_text().count("\n") == 1
     assert "(rounds 1, lr 0.1, batch size 64, seeds 0;" in strategies.table([out])
+
+
+def test_per_client_verdict_by_hand():
+    # two seeds; client 1 gains +2 and +4 points, client 2 loses 10 and 12: its interval, -11 ± 12.7 x 1,
+    # is [-23.7, +1.7], so it covers zero and no client is significantly worse off; with -10 and -10.2 it does not
+    local = {0: {"own": {"1": 0.5, "2": 0.5}}, 1: {"own": {"1": 0.5, "2": 0.5}}}
+    runs = [{"seed": 0, "own": {"1": 0.52, "2": 0.40}}, {"seed": 1, "own": {"1": 0.54, "2": 0.38}}]
+    worst, worse_off = strategies.per_client_verdict(runs, local)
+    assert worst.startswith("-11.0 [-23.7, +1.7] (client 2)") and worse_off == 0
+    runs[1]["own"]["2"] = 0.398
+    assert strategies.per_client_verdict(runs, local)[1] == 1
+    assert strategies.per_client_verdict(runs[:1], local)[1] == "– (one seed)"
+
+
+def test_fedns_table_compares_with_the_paper(tmp_path):
+    lines = [{"dataset": "fashion-mnist", "partition": "iid", "seed": s, "method": m, "rounds": 2, "lr": 0.1,
+              "batch_size": 64, "clean": c + s / 100, "screen_correct": 20 if "fedns" in m else None}
+             for s in (0, 1) for m, c in (("fedavg", 0.80), ("fedavg + fedns", 0.83))]
+    path = tmp_path / "fedns.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    text = fedns.table([path])
+    assert "| fedavg | 80.50 [74.15, 86.85] | 88.14 | -7.64 |" in text
+    # paired by seed: +3 points in both seeds, no spread; the paper's +1.47
+    assert "| FedNS helps fedavg: + fedns − fedavg | 3.00 [3.00, 3.00] | +1.47 |" in text
+    assert "20–20 of 20 clients right" in text

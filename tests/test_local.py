@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from fedbridge import kernels
+from fedbridge import kernels, losses
 from fedbridge.local import Recipe, batch_schedule, client_generator, evaluate, local_update, stacked_forward
 from fedbridge.models import build_model, init_params
 
@@ -76,7 +76,7 @@ def test_split_finds_the_mlp_head():
 def test_cross_entropy_of_uniform_logits_by_hand():
     logits = torch.zeros(1, 2, 4)  # one client, two samples, four classes: every p = 1/4
     labels = torch.tensor([[1, 3]])
-    loss, grad = kernels.cross_entropy(logits, labels, torch.tensor([[1.0, 0.0]]))  # 2nd sample is padding
+    loss, grad = losses.weighted(logits, labels, torch.tensor([[1.0, 0.0]]))  # 2nd sample is padding
     assert loss.item() == pytest.approx(math.log(4))
     assert grad[0, 0].tolist() == pytest.approx([0.25, -0.75, 0.25, 0.25])
     assert grad[0, 1].tolist() == [0.0, 0.0, 0.0, 0.0]
@@ -89,7 +89,7 @@ def test_hand_written_backward_equals_autograd():
     x, y = torch.rand(2, 5, 16, generator=gen), torch.randint(0, 3, (2, 5), generator=gen)
     weights = torch.tensor([[0.2] * 5, [0.5, 0.5, 0, 0, 0]])
     acts = kernels.forward(params, kernels.split(model)[1], x)
-    loss, grad_logits = kernels.cross_entropy(acts.pop(), y, weights)
+    loss, grad_logits = losses.weighted(acts.pop(), y, weights)
     grads = kernels.backward(params, kernels.split(model)[1], acts, grad_logits)
     leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
     logits = stacked_forward(model, leaves, x)
@@ -115,7 +115,7 @@ def test_sgd_in_blocks_equals_sgd_step_by_step(model_name):
     expected_loss = torch.zeros(2)
     for s in range(7):
         acts = kernels.forward(params, layers, images[rows[s]])
-        step_loss, grad_logits = kernels.cross_entropy(acts.pop(), labels[rows[s]], weights[s])
+        step_loss, grad_logits = losses.weighted(acts.pop(), labels[rows[s]], weights[s])
         kernels.backward(params, layers, acts, grad_logits, sgd_lr=0.5)
         expected_loss += step_loss
     assert torch.allclose(loss, expected_loss, atol=1e-6)

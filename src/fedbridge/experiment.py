@@ -15,12 +15,12 @@ from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedbridge import files
+from fedbridge import files, losses
 from fedbridge.data import corrupt
 from fedbridge.data.config import Data
 from fedbridge.errors import ConfigError
 from fedbridge.schema import LOCAL, POOLED
-from fedbridge.strategies import registry
+from fedbridge.strategies import noise_screen, registry
 from fedbridge.strategies.api import Setup
 from fedbridge.strategies.fedavg import Config as FedAvg
 from fedbridge.strategies.registry import StrategyConfig
@@ -128,6 +128,14 @@ class Train(Strict):
     local_epochs: int = Field(default=1, ge=1, le=MAX_LOCAL_EPOCHS)
     rounds: int = Field(ge=1, le=MAX_ROUNDS)
     client_fraction: float = Field(default=1.0, gt=0, le=1)
+    # "ce", "gce", "sce", or a table with the loss's keys; None is "ce", left out of the resolved
+    # config so that runs made before train.loss existed keep their fingerprint
+    loss: losses.LossConfig | None = None
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_by_name(cls, value: Any) -> Any:
+        return losses.by_name(value)
 
 
 class Eval(Strict):
@@ -217,6 +225,8 @@ class Experiment(Strict):
         # a [strategy] table without a name keeps meaning FedAvg, as before strategies had parameters
         if isinstance(tree, dict) and isinstance(tree.get("strategy"), dict) and "name" not in tree["strategy"]:
             tree = {**tree, "strategy": {**tree["strategy"], "name": "fedavg"}}
+        if isinstance(tree, dict) and (problem := noise_screen.refusal(tree.get("strategy"))):
+            raise ValueError(problem)
         return tree
 
     def _strategy_fits_the_round(self) -> None:
@@ -317,6 +327,8 @@ def _describe(error: dict) -> str:
     tag = None
     if loc[:1] in (["partition"], ["strategy"]) and len(loc) >= 2:
         tag = loc.pop(1)  # pydantic's union tag: partition.sizes.sizes -> partition.sizes
+    elif loc[:2] == ["train", "loss"] and len(loc) >= 3:
+        loc.pop(2)  # train.loss.gce.q -> train.loss.q
     msg = error["msg"].removeprefix("Value error, ")
     if not loc:
         return msg

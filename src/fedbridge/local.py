@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from fedbridge import kernels, optim, pooling
+from fedbridge import kernels, losses, optim, pooling
 from fedbridge.optim import Params
 
 # Working memory for one chunk of clients (parameters, gradients, optimizer state, activations).
@@ -51,6 +52,7 @@ class Recipe:
     batch_size: int
     local_epochs: int
     momentum: float = 0.0
+    loss: Any = losses.CE  # train.loss: a losses.LossConfig
 
 
 @dataclass
@@ -193,7 +195,8 @@ def _train_chunk(
     steps_labels = labels[steps_rows]
     flat = images.flatten(1)
     if fused_lr is not None and body is None and len(layers) > 1:
-        loss_sum = kernels.sgd_steps(params, layers, flat, steps_rows, steps_labels, sample_weights, fused_lr)
+        loss_sum = kernels.sgd_steps(params, layers, flat, steps_rows, steps_labels, sample_weights, fused_lr,
+                                     recipe.loss)
     else:
         state = optim.init_state(params, recipe.optimizer)
         loss_sum = torch.zeros(k)
@@ -206,7 +209,7 @@ def _train_chunk(
             else:
                 features, leaves = _body_forward(body, params, images[rows])
             acts = kernels.forward(params, layers, features.detach())
-            loss, grad_logits = kernels.cross_entropy(acts.pop(), y, sample_weights[s])
+            loss, grad_logits = losses.weighted(acts.pop(), y, sample_weights[s], recipe.loss)
             grads = kernels.backward(params, layers, acts, grad_logits, sgd_lr=fused_lr, input_grad=body is not None)
             if body is not None:
                 grad_features = grads.pop("input").view_as(features)

@@ -9,9 +9,9 @@ signature as `local.local_update`, so the engine can run on it.
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from fedbridge.losses import per_sample
 from fedbridge.local import GradientAdjust, LocalResult, Recipe, batch_schedule
 from fedbridge.optim import ADAM_BETAS, ADAM_EPS, Params
 
@@ -45,7 +45,7 @@ def reference_update(
         total = 0.0
         for batch, real in zip(positions[:, 0], weights[:, 0]):
             picked = rows[batch[real > 0]]
-            loss = F.cross_entropy(net(images[picked]), labels[picked])
+            loss = per_sample(net(images[picked]), labels[picked], recipe.loss).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()

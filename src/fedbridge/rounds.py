@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fedbridge import losses
 from fedbridge.experiment import Experiment, Method, Role, clients_per_round
 from fedbridge.local import Recipe, client_generator
 from fedbridge.models import init_params
@@ -53,7 +54,7 @@ OnRound = Callable[[int, list[Record], list[Diagnostic], ServerState], None]
 
 def recipe(exp: Experiment) -> Recipe:
     t = exp.train
-    return Recipe(t.optimizer, t.lr, t.batch_size, t.local_epochs, t.momentum)
+    return Recipe(t.optimizer, t.lr, t.batch_size, t.local_epochs, t.momentum, t.loss or losses.CE)
 
 
 def schedule(method: Method, exp: Experiment, seed: int, profiles: list[str]) -> Schedule:

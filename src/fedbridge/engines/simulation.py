@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import torch
 
-from fedbridge import rounds
+from fedbridge import gradnorm, rounds
 from fedbridge.experiment import Experiment, Method, Role
 from fedbridge.federation import Federation
 from fedbridge.local import GradientAdjust, Recipe, client_generator, evaluate, local_update
@@ -19,6 +19,7 @@ from fedbridge.optim import Params
 from fedbridge.strategies import registry
 from fedbridge.strategies.api import ClientUpdates, LocalTrain, ServerState, Strategy
 from fedbridge.strategies.local_only import LOCAL_ONLY
+from fedbridge.strategies.noise_screen import SCORE
 
 
 def strategy_for(method: Method, exp: Experiment) -> Strategy:
@@ -60,13 +61,15 @@ def transport(model: torch.nn.Module, federation: Federation, rows: list[torch.T
         weights = torch.tensor([float(len(x)) for x in chosen])
 
         def train(start: Params, adjust: GradientAdjust | None = None, epochs: int | None = None,
-                  copy: int = 0) -> ClientUpdates:
+                  copy: int = 0, probe: bool = False) -> ClientUpdates:
             # copy 0 keeps the stream every strategy had before strategies could train more than one model
             generators = [client_generator(seed, stream, round_, i, *([copy] if copy else [])) for i in ids.tolist()]
             how_now = replace(how, local_epochs=epochs) if epochs else how
             result = local_update(model, start, federation.train_images, federation.train_labels, chosen, how_now,
                                   generators, adjust)
-            return ClientUpdates(ids, weights, result.params, result.steps, result.loss)
+            # `probe`: each client also reports FedNS's score of its trained model
+            extra = {SCORE: gradnorm.scores(model, result.params, federation.train_images, chosen, how.batch_size)} if probe else {}
+            return ClientUpdates(ids, weights, result.params, result.steps, result.loss, extra)
 
         return train
 

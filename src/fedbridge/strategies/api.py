@@ -60,7 +60,8 @@ class Diagnostics:
 
 # train(start [K, ...], adjust=None, epochs=None, copy=0) -> ClientUpdates of the round's clients;
 # `epochs` overrides the recipe's local epochs, and each `copy` gets its own minibatch order, so a
-# strategy can train several models per client (Ditto) or in phases (FedRep)
+# strategy can train several models per client (Ditto) or in phases (FedRep); `probe=True` (simulation
+# only) has each client also report FedNS's score in `extra` (strategies/noise_screen.py)
 LocalTrain = Callable[..., ClientUpdates]
 Local = Callable[[ServerState, torch.Tensor, LocalTrain], ClientUpdates]
 Adjust = Callable[[ServerState, torch.Tensor], GradientAdjust | None]

@@ -14,13 +14,13 @@ from fedbridge.strategies.api import (
     Adjust, ClientUpdates, Diagnostics, ServerState, Setup, Strategy, StrategySpec, plain_local,
 )
 from fedbridge.strategies.server_opt import ServerOptimizer, init_moments, server_step
-from fedbridge.strict import Strict
+from fedbridge.strategies.noise_screen import Screened
 
 # combine(updates [K, ...], weights [K], the round's client updates) -> one update [1, ...]
 Combine = Callable[[Params, torch.Tensor, ClientUpdates], Params]
 
 
-class Config(Strict):
+class Config(Screened):  # strategy.noise_screen: FedNS
     name: Literal["fedavg"] = "fedavg"
 
 

@@ -10,10 +10,10 @@ from fedbridge.optim import Params
 from fedbridge.strategies.aggregate import weighted_mean
 from fedbridge.strategies.api import ClientUpdates, Setup, Strategy, StrategySpec, needs_plain_sgd
 from fedbridge.strategies.fedavg import global_strategy
-from fedbridge.strict import Strict
+from fedbridge.strategies.noise_screen import Screened
 
 
-class Config(Strict):
+class Config(Screened):  # strategy.noise_screen: FedNS
     name: Literal["fednova"]
 
 

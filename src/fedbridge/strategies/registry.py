@@ -9,15 +9,15 @@ from pydantic import Field
 
 from fedbridge.schema import LOCAL, POOLED
 from fedbridge.strategies import (
-    adaptive, afl, bulyan, clipping, custom, ditto, fedavg, fedavgm, fednova, fedper, fedprox, fedrep, finetune, krum,
-    median, qfedavg, quality, scaffold, trimmed_mean,
+    adaptive, afl, bulyan, clipping, custom, ditto, eagle, fedavg, fedavgm, fednoro, fednova, fedper, fedprox, fedrep,
+    finetune, krum, median, noise_screen, qfedavg, quality, scaffold, trimmed_mean,
 )
 from fedbridge.strategies.api import Setup, Strategy, StrategySpec
 
 SPECS: tuple[StrategySpec, ...] = (
     fedavg.SPEC, fedavgm.SPEC, adaptive.SPEC, fedprox.SPEC, scaffold.SPEC, fednova.SPEC, median.SPEC,
-    trimmed_mean.SPEC, krum.SPEC, bulyan.SPEC, clipping.SPEC, quality.SPEC, qfedavg.SPEC, afl.SPEC, finetune.SPEC,
-    ditto.SPEC, fedper.SPEC, fedrep.SPEC, custom.SPEC,
+    trimmed_mean.SPEC, krum.SPEC, bulyan.SPEC, clipping.SPEC, quality.SPEC, qfedavg.SPEC, afl.SPEC, eagle.SPEC,
+    fednoro.SPEC, finetune.SPEC, ditto.SPEC, fedper.SPEC, fedrep.SPEC, custom.SPEC,
 )
 
 _BY_NAME = {name: spec for spec in SPECS for name in spec.titles}
@@ -31,7 +31,8 @@ BASELINE_TITLES = {LOCAL: "alone", POOLED: "pooled"}
 
 
 def spec(config: Any) -> StrategySpec:
-    return _BY_NAME[config.name]
+    found = _BY_NAME[config.name]
+    return noise_screen.screened_spec(found) if getattr(config, "noise_screen", None) else found
 
 
 def build(config: Any, setup: Setup) -> Strategy:

@@ -10,10 +10,10 @@ from pydantic import Field
 from fedbridge.optim import Params
 from fedbridge.strategies.api import Setup, Strategy, StrategySpec, needs_clients
 from fedbridge.strategies.fedavg import global_strategy
-from fedbridge.strict import Strict
+from fedbridge.strategies.noise_screen import Screened, trust
 
 
-class Config(Strict):
+class Config(Screened):  # strategy.noise_screen: FedNS
     name: Literal["trimmed_mean"]
     beta: float = Field(default=0.2, gt=0, lt=0.5)  # share trimmed at each end, per coordinate
 
@@ -23,12 +23,19 @@ def trimmed_count(k: int, beta: float) -> int:
     return math.floor(beta * k)
 
 
-def trimmed_mean(updates: Params, weights: torch.Tensor, beta: float) -> Params:
+def trimmed_mean(updates: Params, weights: torch.Tensor, beta: float, trust: torch.Tensor | None = None) -> Params:
+    """`trust` [K] (a noise screen's client weights): the values kept per coordinate are averaged
+    with the weights of the clients they come from, instead of equally."""
     out = {}
     for n, x in updates.items():
         t = trimmed_count(x.shape[0], beta)
-        s = x.sort(dim=0).values
-        out[n] = s[t : x.shape[0] - t].mean(dim=0, keepdim=True)
+        if trust is None:
+            s = x.sort(dim=0).values
+            out[n] = s[t : x.shape[0] - t].mean(dim=0, keepdim=True)
+        else:
+            s, order = x.sort(dim=0)
+            w = trust[order[t : x.shape[0] - t]]
+            out[n] = ((s[t : x.shape[0] - t] * w).sum(dim=0) / w.sum(dim=0)).unsqueeze(0)
     return out
 
 
@@ -43,7 +50,7 @@ def check(config: Config, setup: Setup) -> str | None:
 
 
 def build(config: Config, setup: Setup) -> Strategy:
-    return global_strategy(combine=lambda updates, weights, trained: trimmed_mean(updates, weights, config.beta))
+    return global_strategy(combine=lambda updates, weights, trained: trimmed_mean(updates, weights, config.beta, trust(trained)))
 
 
 SPEC = StrategySpec(Config, build, {"trimmed_mean": "trimmed mean"}, check=check)
