@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fedbridge import files
 from fedbridge.data import corrupt
 from fedbridge.errors import ConfigError
+from fedbridge.privacy import budget
+from fedbridge.privacy.config import Privacy, strategy_problem
 from fedbridge.schema import LOCAL, POOLED
 from fedbridge.strategies import registry
 from fedbridge.strategies.api import Setup
@@ -133,6 +135,7 @@ class Experiment(Strict):
     # "fedavg": FedAvg beside another strategy (e.g. a personalized one), trained on the same federation
     baselines: list[Literal["local", "fedavg", "pooled"]] = ["local", "pooled"]
     eval: Eval = Eval()
+    privacy: Privacy | None = None
 
     @property
     def n_clients(self) -> int:
@@ -165,6 +168,12 @@ class Experiment(Strict):
         role = {LOCAL: Role.LOCAL, POOLED: Role.POOLED}.get(name, Role.FEDERATED)
         return Method(name, role, None if role is Role.LOCAL else FedAvg())
 
+    def private(self, method: "Method") -> bool:
+        """Whether [privacy] covers the method: every federated one, and at sample level pooled training
+        too (its model leaves the clients' data); a client's model trained alone never leaves it."""
+        p = self.privacy
+        return p is not None and (method.role is Role.FEDERATED or (method.role is Role.POOLED and p.level == "sample"))
+
     @property
     def setup(self) -> Setup:
         t = self.train
@@ -188,6 +197,7 @@ class Experiment(Strict):
                 f"add up to {self.n_clients} clients; give one size per client"
             )
         self._strategy_fits_the_round()
+        self._privacy_holds()
         return self
 
     @model_validator(mode="before")
@@ -200,6 +210,20 @@ class Experiment(Strict):
 
     def _strategy_fits_the_round(self) -> None:
         if problem := registry.check(self.strategy, self.setup):
+            raise ValueError(problem)
+
+    def _privacy_holds(self) -> None:
+        p = self.privacy
+        if p is None:
+            return
+        if p.level == "sample" and self.model == "cnn":
+            raise ValueError("privacy.level = 'sample' runs DP-SGD in the MLP kernels (per-example norms from each "
+                             "Linear layer's inputs and output gradients); model = 'cnn' has convolutions, whose "
+                             "per-example gradients are not implemented yet: use model = 'mlp', '2nn' or 'tabular', "
+                             "or privacy.level = 'client'")
+        setup = self.setup
+        if problem := strategy_problem(p, self.strategy.name) or budget.problem(
+                p, self.n_clients, setup.clients_per_round, self.train.rounds):
             raise ValueError(problem)
 
 
