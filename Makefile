@@ -7,8 +7,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
+
 # the tests also run fedbridge on Flower (real SuperLink/SuperNode processes) and [privacy] (dp-accounting): `make test` adds those extras
-# the tests also run fedbridge on Flower (real SuperLink/SuperNode processes): `make test` adds that extra
 $(VENV)/.flower: $(VENV)/.installed
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,flower,privacy]'
 	touch $@
