@@ -216,3 +216,23 @@ def test_a_private_run_records_epsilon_and_resumes_to_the_same_epsilon(tmp_path)
         "delta": 1e-5, "noise_multiplier": 0.5, "clip": 1.0, "accountant": "rdp", "level": "client"}
     shown = run("show", stopped)
     assert shown.exit_code == 0 and "ε, FedAvg" in shown.output
+
+
+def test_sample_level_dp_sgd_accounts_each_client_by_its_size(tmp_path):
+    config = tmp_path / "sample.toml"
+    config.write_text('''
+model = "mlp"
+data = { name = "digits" }
+clients = [{ count = 2 }]
+baselines = ["local", "pooled"]
+partition = { name = "sizes", sizes = [100, 300] }
+train = { lr = 0.5, batch_size = 20, rounds = 1 }
+privacy = { level = "sample", noise_multiplier = 1.0, clip = 1.0 }
+''')
+    out = tmp_path / "run"
+    assert run("run", config, "--out", out, "--quiet").exit_code == 0
+    summary = json.loads((out / "summary.json").read_text())["privacy"]
+    assert summary["clients"]["1"] > summary["clients"]["2"] > 0  # fewer examples: each step samples more of them
+    assert set(summary["methods"]) == {"fedavg", "pooled"}  # training alone is not private
+    refused = run("run", config, "--set", "model=\"cnn\"", "--out", tmp_path / "cnn")
+    assert refused.exit_code == 2 and "model = 'cnn' has convolutions" in refused.output

@@ -72,11 +72,6 @@ class Privacy(Strict):
                                  "'sample' each client clips and noises its own gradients")
         return self
 
-    @property
-    def title(self) -> str:
-        noise = f"σ={self.noise_multiplier:g}" if self.noise_multiplier else f"ε={self.target_epsilon:g}"
-        return f"{self.level}-level DP ({noise}, C={self.clip:g}{', adaptive' if self.adaptive else ''})"
-
 
 def strategy_problem(privacy: Privacy, strategy: str) -> str | None:
     """Why `strategy` cannot run under this privacy setting, or None."""

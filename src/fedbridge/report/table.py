@@ -74,7 +74,8 @@ def main_cells(summary: dict) -> Cells:
 
 
 def _privacy_caption(p: dict) -> str:
-    return (f"; {p['level']}-level DP ({p['mode']}), σ = {p['noise_multiplier']:.3g}, C = {p['clip']:g}"
+    mode = f" ({p['mode']})" if p["level"] == "client" else ""
+    return (f"; {p['level']}-level DP{mode}, σ = {p['noise_multiplier']:.3g}, C = {p['clip']:g}"
             f"{' adaptive' if p['adaptive'] else ''}, ε at δ = {p['delta']:g} by {p['accountant'].upper()}")
 
 
