@@ -144,7 +144,7 @@ def table(paths: list[Path]) -> None:
         rows = [x for x in lines if x["table"] == name]
         if not rows:
             continue
-        print(f"\n{name}: | target ε | ε spent | σ | clean clients, own test | noisy, own test | clean test | "
+        print(f"\n{name}\n\n| target ε | ε spent | σ | clean clients, own test | noisy, own test | clean test | "
               "detection AUC (loss / update_norm / disagreement) |")
         print("|---|---|---|---|---|---|---|")
         for x in rows:

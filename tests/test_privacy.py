@@ -236,3 +236,17 @@ privacy = { level = "sample", noise_multiplier = 1.0, clip = 1.0 }
     assert set(summary["methods"]) == {"fedavg", "pooled"}  # training alone is not private
     refused = run("run", config, "--set", "model=\"cnn\"", "--out", tmp_path / "cnn")
     assert refused.exit_code == 2 and "model = 'cnn' has convolutions" in refused.output
+
+
+def test_dp_sgd_noise_has_std_sigma_c_over_the_batch_size_each_step():
+    # noise 1000 times the clipped signal's bound: after S plain-SGD steps each weight has moved by
+    # lr * σC/B * (a sum of S standard normals), std lr σC √S / B
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(50, 40), torch.nn.ReLU(), torch.nn.Linear(40, 10))
+    params = {n: p.detach().unsqueeze(0) for n, p in model.named_parameters()}
+    images, labels = torch.randn(64, 1, 5, 10), torch.randint(0, 10, (64,))
+    lr, sigma, clip, batch = 0.01, 1000.0, 1.0, 16
+    recipe = Recipe("sgd", lr, batch, 1, dp=DpSgd(clip=clip, noise_multiplier=sigma))
+    result = local_update(model, params, images, labels, [torch.arange(64)], recipe, [client_generator(0, 12, 0)])
+    moved = torch.cat([(result.params[n] - params[n]).flatten() for n in params])
+    expected = lr * sigma * clip * math.sqrt(64 // batch) / batch
+    assert abs(moved.std().item() - expected) < 0.05 * expected
