@@ -37,7 +37,7 @@ ROOT = Path(__file__).parent.parent
 # (source, its reported ε at δ = 1e-5, its reported accuracy %)
 ANCHORS = [("TF Privacy", 1.20, 95.0), ("TF Privacy", 2.92, 96.6), ("TF Privacy", 9.74, 97.3),
            ("Opacus", 1.19, 94.63), ("Opacus", 3.01, 96.78), ("Opacus", 7.10, 97.09)]
-EPSILONS = [None, 8.0, 4.0, 2.0, 1.0]  # None: no DP
+EPSILONS: list = [None, "clip", 8.0, 4.0, 2.0, 1.0]  # None: no DP; "clip": the clipped mean alone, no noise
 DELTA = 1e-5
 FEDERATION_CLIENTS = [{"count": 90, "profile": "clean"}, {"count": 10, "profile": {"name": "symmetric", "rate": 0.5}}]
 
@@ -59,7 +59,9 @@ def federation_experiment(epsilon: float | None, args) -> dict:
         "train": {"optimizer": "sgd", "lr": args.lr, "batch_size": 10, "rounds": args.rounds, "client_fraction": 0.1},
         "baselines": ["local"] if epsilon is None else [], "eval": {"every": args.rounds, "cross_clients": False},
     }
-    if epsilon is not None:
+    if epsilon == "clip":
+        tree["strategy"] = {"name": "clipping", "max_norm": args.clip}
+    elif epsilon is not None:
         tree["privacy"] = {"level": "client", "target_epsilon": epsilon, "clip": args.clip, "accountant": args.accountant}
     return tree
 
@@ -111,19 +113,27 @@ def _utility_line(name: str, summary: dict, method: str, epsilon: float | None, 
 
 def federation(args) -> None:
     noisy = set(range(91, 101))
-    for epsilon in EPSILONS:
+    for epsilon in args.epsilons:
         summary, seconds = _train(federation_experiment(epsilon, args), args.data_dir)
-        _append(args.out, {**_utility_line("federation", summary, "fedavg", epsilon, noisy, seconds), "clip": args.clip})
+        method = "clipping" if epsilon == "clip" else "fedavg"
+        _append(args.out, {**_utility_line("federation", summary, method, epsilon, noisy, seconds), "clip": args.clip})
 
 
 def seed(args) -> None:
-    for epsilon in EPSILONS:
+    # no "clip" row: the clipped-mean strategy compares at least 3 clients, the seed study has 2
+    for epsilon in [e for e in args.epsilons if e != "clip"]:
         private = [] if epsilon is None else [
             "privacy.level=\"client\"", f"privacy.target_epsilon={epsilon}", f"privacy.clip={args.clip}",
             f"privacy.accountant=\"{args.accountant}\"", 'baselines=[]']
         exp, _ = load_experiment(ROOT / "configs" / "seed.toml", [f"train.rounds={args.rounds}", *private])
         summary, seconds = _train(exp, args.data_dir)
         _append(args.out, {**_utility_line("seed", summary, "fedavg", epsilon, {2}, seconds), "clip": args.clip})
+
+
+def _epsilon(text: str) -> float | str | None:
+    if text in ("inf", "clip"):
+        return None if text == "inf" else text
+    return positive_float(text)
 
 
 def _pct(x: float | None) -> str:
@@ -150,7 +160,7 @@ def table(paths: list[Path]) -> None:
         for x in rows:
             d = x["detection_last_auc"]
             auc = " / ".join("–" if d.get(s) is None else f"{d[s]:.2f}" for s in ("loss", "update_norm", "disagreement"))
-            eps = "∞" if x["target_epsilon"] is None else x["target_epsilon"]
+            eps = {None: "∞ (FedAvg)", "clip": "∞ (clipped mean, no noise)"}.get(x["target_epsilon"], x["target_epsilon"])
             spent = "∞" if x["epsilon"] is None else f"{x['epsilon']:.2f}"
             sigma = "–" if x["sigma"] is None else f"{x['sigma']:.3g}"
             print(f"| {eps} | {spent} | {sigma} | {_pct(x['clean_own'])} | {_pct(x['noisy_own'])} | "
@@ -174,6 +184,8 @@ def main() -> None:
     parser.add_argument("--model", default="mlp", choices=["mlp", "2nn"])
     parser.add_argument("--accountant", default="pld", choices=["rdp", "pld"], help="federation and seed")
     parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--epsilons", nargs="+", default=EPSILONS, type=_epsilon,
+                        help="federation and seed: target ε values; 'inf' for no DP, 'clip' for clipping without noise")
     args = parser.parse_args()
     if args.table:
         return table(args.table)

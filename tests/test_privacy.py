@@ -158,6 +158,7 @@ def test_dp_sgd_without_noise_or_clipping_is_plain_sgd():
 @pytest.mark.parametrize("setting, named", [
     ("privacy.noise_multiplier=0", "privacy.noise_multiplier"),
     ("privacy.noise_multiplier=-1", "privacy.noise_multiplier"),
+    ("privacy.noise_multiplier=0.01", "noise_multiplier = 0.01 is below 0.1"),
     ("privacy.clip=0", "privacy.clip"),
     ("privacy.delta=1.0", "privacy.delta"),
     ("strategy.name=\"median\"", "cannot wrap strategy.name = 'median'"),

@@ -17,12 +17,12 @@ import logging
 from dataclasses import dataclass
 
 from fedbridge.errors import ConfigError
-from fedbridge.privacy.config import MAX_NOISE_MULTIPLIER
+from fedbridge.privacy.config import MAX_NOISE_MULTIPLIER, MIN_NOISE_MULTIPLIER
 
 # PLD's grid of privacy-loss values: 1e-3 instead of the default 1e-4 made a 100-round composition
 # 9x faster (0.32 s against 2.7 s) and moved ε in its sixth digit; a coarser grid stays an upper bound
 PLD_GRID = 1e-3
-# σ found to within 0.5%: ~11 evaluations of the accountant between 0.05 and MAX_NOISE_MULTIPLIER
+# σ found to within 0.5%: ~11 evaluations of the accountant between MIN_ and MAX_NOISE_MULTIPLIER
 CALIBRATION_TOLERANCE = 1.005
 
 
@@ -83,11 +83,11 @@ def epsilon(sigma: float, mech: Mechanism, rounds: int, delta: float, accountant
 
 @functools.lru_cache(maxsize=256)
 def calibrate(target: float, mech: Mechanism, rounds: int, delta: float, accountant: str) -> float | None:
-    """The smallest σ (to 0.5%) whose ε after `rounds` rounds is at most `target`, or None when even
-    σ = MAX_NOISE_MULTIPLIER does not reach it."""
+    """The smallest σ (to 0.5%, at least MIN_NOISE_MULTIPLIER) whose ε after `rounds` rounds is at most
+    `target`, or None when even σ = MAX_NOISE_MULTIPLIER does not reach it."""
     if epsilon(MAX_NOISE_MULTIPLIER, mech, rounds, delta, accountant) > target:
         return None
-    low, high = 0.05, MAX_NOISE_MULTIPLIER
+    low, high = MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER
     while high / low > CALIBRATION_TOLERANCE:
         mid = (low * high) ** 0.5
         low, high = (mid, high) if epsilon(mid, mech, rounds, delta, accountant) > target else (low, mid)
