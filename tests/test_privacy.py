@@ -251,3 +251,23 @@ def test_dp_sgd_noise_has_std_sigma_c_over_the_batch_size_each_step():
     moved = torch.cat([(result.params[n] - params[n]).flatten() for n in params])
     expected = lr * sigma * clip * math.sqrt(64 // batch) / batch
     assert abs(moved.std().item() - expected) < 0.05 * expected
+
+
+def test_dittos_personal_models_are_not_clipped_and_the_adaptive_clip_moves_in_the_state():
+    from fedbridge.strategies.ditto import ditto
+
+    m, d = 3, 4
+    ids = torch.arange(m)
+    privacy = Privacy(level="client", noise_multiplier=1.0, clip=0.1, adaptive={"count_noise": 0.6})
+
+    def train(start, adjust=None, epochs=None, copy=0):  # every client moves every weight by +1: norm 2
+        return ClientUpdates(ids, torch.ones(m), {n: p + 1 for n, p in start.items()}, torch.ones(m), torch.zeros(m))
+
+    strategy = dpfedavg.wrap(ditto(0.1), privacy, 1.0, m, seed=0)
+    state = strategy.init({"w": torch.zeros(1, d)}, m)
+    new, _ = strategy.aggregate(state, strategy.local(state, ids, train))
+    assert torch.equal(new.params["w"], torch.ones(m, d))  # personal: the whole +1, unclipped, no noise
+    assert not torch.equal(new.extra["global"]["w"], torch.ones(1, d))  # global: clipped to 0.1 and noised
+    kept = new.extra["privacy"]
+    none_within = torch.zeros(m, dtype=torch.bool)
+    assert kept["round"] == 1 and kept["clip"] == dpfedavg.next_clip(privacy, 0.1, none_within, m, 0, 1) != 0.1
