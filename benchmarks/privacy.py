@@ -154,14 +154,14 @@ def table(paths: list[Path]) -> None:
         rows = [x for x in lines if x["table"] == name]
         if not rows:
             continue
-        print(f"\n{name}\n\n| target ε | ε spent | σ | clean clients, own test | noisy, own test | clean test | "
+        print(f"\n{name}\n\n| target ε | ε spent (accountant) | σ | clean clients, own test | noisy, own test | clean test | "
               "detection AUC (loss / update_norm / disagreement) |")
         print("|---|---|---|---|---|---|---|")
         for x in rows:
             d = x["detection_last_auc"]
             auc = " / ".join("–" if d.get(s) is None else f"{d[s]:.2f}" for s in ("loss", "update_norm", "disagreement"))
             eps = {None: "∞ (FedAvg)", "clip": "∞ (clipped mean, no noise)"}.get(x["target_epsilon"], x["target_epsilon"])
-            spent = "∞" if x["epsilon"] is None else f"{x['epsilon']:.2f}"
+            spent = "∞" if x["epsilon"] is None else f"{x['epsilon']:.2f} ({x['accountant'].upper()})"
             sigma = "–" if x["sigma"] is None else f"{x['sigma']:.3g}"
             print(f"| {eps} | {spent} | {sigma} | {_pct(x['clean_own'])} | {_pct(x['noisy_own'])} | "
                   f"{_pct(x['clean_test'])} | {auc} |")

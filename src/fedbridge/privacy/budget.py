@@ -52,15 +52,13 @@ class Plan:
     sigma: float
     # epsilon(round, client) -> that client's ε after the round (every round counted as one it took part in)
     epsilon: Callable[[int, int], float]
-    sampling: str  # how the accountant models the subsampling
 
 
 def client_plan(p: Privacy, n_clients: int, clients_per_round: int, rounds: int) -> Plan:
     sigma = client_sigma(p, n_clients, clients_per_round, rounds)
     assert sigma is not None, "the experiment's validation refuses an unreachable target"
     mech = client_mechanism(n_clients, clients_per_round)
-    return Plan(sigma, lambda r, client: accountant.epsilon(sigma, mech, r, p.delta, p.accountant),
-                accountant.sampling(mech, p.accountant))
+    return Plan(sigma, lambda r, client: accountant.epsilon(sigma, mech, r, p.delta, p.accountant))
 
 
 def sample_plan(p: Privacy, sizes: list[int], batch_size: int, local_epochs: int) -> Plan:
@@ -69,8 +67,7 @@ def sample_plan(p: Privacy, sizes: list[int], batch_size: int, local_epochs: int
     sigma = p.noise_multiplier
     mechs = [sample_mechanism(n, batch_size, local_epochs) for n in sizes]
     return Plan(sigma, lambda r, client: accountant.epsilon(sigma, mechs[client if len(mechs) > 1 else 0], r,
-                                                            p.delta, p.accountant),
-                accountant.sampling(mechs[0], p.accountant))
+                                                            p.delta, p.accountant))
 
 
 # what a strategy keeps on its clients, outside what ε covers
