@@ -58,6 +58,19 @@ def test_rdp_and_pld_agree_on_poisson_sampling_over_many_steps():
     assert 2.4 < rdp < 3.0
 
 
+@pytest.mark.parametrize("mech", [Mechanism(100, 10, 1, True), Mechanism(500, 32, 16, False)])
+def test_rdp_scaled_from_one_round_equals_a_fresh_accountant(mech):
+    import dp_accounting as dp
+
+    relation = dp.NeighboringRelation.REPLACE_ONE if mech.fixed_size else dp.NeighboringRelation.ADD_OR_REMOVE_ONE
+    fresh = dp.rdp.RdpAccountant(orders=accountant.ORDERS, neighboring_relation=relation)
+    inner = dp.GaussianDpEvent(0.5 if mech.fixed_size else 1.0)  # σ = 1: the sum moves by 2C on replace-one
+    event = (dp.SampledWithoutReplacementDpEvent(mech.population, mech.sample, inner) if mech.fixed_size
+             else dp.PoissonSampledDpEvent(mech.sample / mech.population, inner))
+    fresh.compose(event, 7 * mech.releases)
+    assert accountant.epsilon(1.0, mech, 7, 1e-5, "rdp") == pytest.approx(fresh.get_epsilon(1e-5), rel=1e-9)
+
+
 def test_fixed_size_client_sampling_costs_more_than_its_poisson_approximation():
     fixed, poisson = Mechanism(100, 10, 1, True), Mechanism(100, 10, 1, False)
     assert accountant.epsilon(2.0, fixed, 20, 1e-5, "rdp") > accountant.epsilon(2.0, poisson, 20, 1e-5, "rdp")

@@ -19,7 +19,7 @@ from fedbridge import files
 from fedbridge.data import corrupt
 from fedbridge.errors import ConfigError
 from fedbridge.privacy import budget
-from fedbridge.privacy.config import Privacy, strategy_problem
+from fedbridge.privacy.config import Privacy, setting_problem
 from fedbridge.schema import LOCAL, POOLED
 from fedbridge.strategies import registry
 from fedbridge.strategies.api import Setup
@@ -213,17 +213,8 @@ class Experiment(Strict):
             raise ValueError(problem)
 
     def _privacy_holds(self) -> None:
-        p = self.privacy
-        if p is None:
-            return
-        if p.level == "sample" and self.model == "cnn":
-            raise ValueError("privacy.level = 'sample' runs DP-SGD in the MLP kernels (per-example norms from each "
-                             "Linear layer's inputs and output gradients); model = 'cnn' has convolutions, whose "
-                             "per-example gradients are not implemented yet: use model = 'mlp', '2nn' or 'tabular', "
-                             "or privacy.level = 'client'")
-        setup = self.setup
-        if problem := strategy_problem(p, self.strategy.name) or budget.problem(
-                p, self.n_clients, setup.clients_per_round, self.train.rounds):
+        if (p := self.privacy) and (problem := setting_problem(p, self.strategy.name, self.model) or budget.problem(
+                p, self.n_clients, self.setup.clients_per_round, self.train.rounds)):
             raise ValueError(problem)
 
 

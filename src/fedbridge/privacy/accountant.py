@@ -67,7 +67,23 @@ def _fresh(dp, mech: Mechanism, accountant: str):
         return dp.pld.PLDAccountant(value_discretization_interval=PLD_GRID)
     replace_one = mech.fixed_size and mech.sample < mech.population
     relation = dp.NeighboringRelation.REPLACE_ONE if replace_one else dp.NeighboringRelation.ADD_OR_REMOVE_ONE
-    return dp.rdp.RdpAccountant(neighboring_relation=relation)
+    return dp.rdp.RdpAccountant(orders=ORDERS, neighboring_relation=relation)
+
+
+# RDP orders: TF Privacy's usual list, so the RDP of one round can be kept and scaled (below)
+ORDERS = tuple([1 + x / 10 for x in range(1, 100)] + list(range(11, 64)) + [128, 256, 512])
+
+
+@functools.lru_cache(maxsize=4096)
+def _one_round_rdp(sigma: float, mech: Mechanism):
+    """The RDP [orders] of one round. RDP composes by addition, so r rounds are r times this: computing it
+    once instead of at every evaluated round made a 50-round, 10-client DP-SGD run's accounting 50x
+    cheaper (a Poisson event's RDP takes 0.7-1 s here). dp-accounting keeps it in `_rdp`; its public
+    `compute_epsilon` turns it into ε (tests/test_privacy.py holds this to a fresh accountant's ε)."""
+    dp = _dp()
+    acc = _fresh(dp, mech, "rdp")
+    acc.compose(_event(dp, sigma, mech, "rdp"), mech.releases)
+    return acc._rdp.copy()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -76,6 +92,8 @@ def epsilon(sigma: float, mech: Mechanism, rounds: int, delta: float, accountant
     if rounds == 0:
         return 0.0
     dp = _dp()
+    if accountant == "rdp":
+        return float(dp.rdp.rdp_privacy_accountant.compute_epsilon(ORDERS, rounds * _one_round_rdp(sigma, mech), delta)[0])
     acc = _fresh(dp, mech, accountant)
     acc.compose(_event(dp, sigma, mech, accountant), rounds * mech.releases)
     return float(acc.get_epsilon(delta))

@@ -80,8 +80,12 @@ class Privacy(Strict):
         return self
 
 
-def strategy_problem(privacy: Privacy, strategy: str) -> str | None:
-    """Why `strategy` cannot run under this privacy setting, or None."""
+def setting_problem(privacy: Privacy, strategy: str, model: str) -> str | None:
+    """Why `strategy` or `model` cannot run under this privacy setting, or None."""
+    if privacy.level == "sample" and model == "cnn":
+        return ("privacy.level = 'sample' runs DP-SGD in the MLP kernels (per-example norms from each Linear "
+                "layer's inputs and output gradients); model = 'cnn' has convolutions, whose per-example gradients "
+                "are not implemented yet: use model = 'mlp', '2nn' or 'tabular', or privacy.level = 'client'")
     if privacy.level == "sample":
         if strategy in SAMPLE_REFUSED:
             return (f"privacy.level = 'sample' with strategy.name = {strategy!r}: its server reads the clients' raw "
