@@ -87,7 +87,7 @@ def _append(out: Path, line: dict) -> None:
 
 def anchors(args) -> None:
     n = 60_000 - round(0.001 * 60_000)
-    for source, target, reported in ANCHORS:
+    for source, target, reported in [a for a in ANCHORS if a[0] in args.sources]:
         mech = budget.sample_mechanism(n, args.batch_size, 1)
         sigma = accountant.calibrate(target, mech, args.epochs, DELTA, "rdp")
         summary, seconds = _train(anchor_experiment(sigma, args), args.data_dir)
@@ -184,6 +184,8 @@ def main() -> None:
     parser.add_argument("--model", default="mlp", choices=["mlp", "2nn"])
     parser.add_argument("--accountant", default="pld", choices=["rdp", "pld"], help="federation and seed")
     parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--sources", nargs="+", default=["TF Privacy", "Opacus"], choices=["TF Privacy", "Opacus"],
+                        help="anchors: whose figures to run against")
     parser.add_argument("--epsilons", nargs="+", default=EPSILONS, type=_epsilon,
                         help="federation and seed: target ε values; 'inf' for no DP, 'clip' for clipping without noise")
     args = parser.parse_args()
