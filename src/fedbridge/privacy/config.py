@@ -35,8 +35,9 @@ REFUSED = {
     "custom": "its rule is unknown, so no sensitivity can be given for it",
 }
 # at sample level every strategy's server step is post-processing of DP-SGD models, except those
-# that read the clients' raw training losses
-SAMPLE_REFUSED = ("quality", "qfedavg", "afl", "custom")
+# that read the clients' raw training losses, and FedRep, whose head phase adds local steps (that
+# shape the released body) beyond the local_epochs the accountant counts
+SAMPLE_REFUSED = ("quality", "qfedavg", "afl", "custom", "fedrep")
 
 
 class AdaptiveClip(Strict):
@@ -88,8 +89,10 @@ def setting_problem(privacy: Privacy, strategy: str, model: str) -> str | None:
                 "are not implemented yet: use model = 'mlp', '2nn' or 'tabular', or privacy.level = 'client'")
     if privacy.level == "sample":
         if strategy in SAMPLE_REFUSED:
-            return (f"privacy.level = 'sample' with strategy.name = {strategy!r}: its server reads the clients' raw "
-                    "training losses (or, custom, may), which DP-SGD does not cover; use another strategy")
+            why = ("its head phase trains more local steps a round than train.local_epochs, which ε counts"
+                   if strategy == "fedrep" else "its server reads the clients' raw training losses (or, custom, may), "
+                   "which DP-SGD does not cover")
+            return f"privacy.level = 'sample' with strategy.name = {strategy!r}: {why}; use another strategy"
         return None
     if strategy in CLIENT_LEVEL:
         return None
