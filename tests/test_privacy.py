@@ -284,3 +284,23 @@ def test_dittos_personal_models_are_not_clipped_and_the_adaptive_clip_moves_in_t
     kept = new.extra["privacy"]
     none_within = torch.zeros(m, dtype=torch.bool)
     assert kept["round"] == 1 and kept["clip"] == dpfedavg.next_clip(privacy, 0.1, none_within, m, 0, 1) != 0.1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.sampled_from(["level", "noise_multiplier", "clip", "delta", "accountant", "mode", "adaptive"]),
+                       st.one_of(st.floats(allow_nan=True), st.integers(-5, 5), st.text(max_size=8), st.booleans(),
+                                 st.sampled_from(["client", "sample", "rdp", "pld", "central", "distributed"]),
+                                 st.fixed_dictionaries({"lr": st.floats(-1, 1)}))))
+def test_any_privacy_table_is_accepted_or_refused_naming_privacy(table):
+    from fedbridge.errors import ConfigError
+    from fedbridge.experiment import validate
+
+    tree = {"data": {"name": "digits"}, "clients": [{"count": 4}], "train": {"lr": 0.1, "batch_size": 8, "rounds": 2},
+            "privacy": table}
+    try:
+        exp = validate(tree)
+    except ConfigError as e:
+        assert "privacy" in str(e)
+    else:
+        p = exp.privacy
+        assert p.clip > 0 and 0 < p.delta < 1 and p.noise_multiplier >= 0.1
