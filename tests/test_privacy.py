@@ -304,3 +304,20 @@ def test_any_privacy_table_is_accepted_or_refused_naming_privacy(table):
     else:
         p = exp.privacy
         assert p.clip > 0 and 0 < p.delta < 1 and p.noise_multiplier >= 0.1
+
+
+def test_the_privacy_benchmark_prints_its_tables_and_refuses_a_bad_epsilon(tmp_path, monkeypatch, capsys):
+    from benchmarks import privacy as bench
+
+    results = tmp_path / "privacy.jsonl"
+    results.write_text(json.dumps({
+        "table": "federation", "target_epsilon": 8.0, "epsilon": 7.94, "sigma": 0.806, "accountant": "pld",
+        "clean_own": 74.09, "noisy_own": 39.5, "alone_clean_own": None, "alone_noisy_own": None, "clean_test": 74.73,
+        "detection_last_auc": {"loss": 1.0, "update_norm": 0.05, "disagreement": 0.0}, "rounds": 50, "seconds": 1.0}) + "\n")
+    monkeypatch.setattr("sys.argv", ["privacy", "--table", str(results)])
+    bench.main()
+    assert "| 8.0 | 7.94 (PLD) | 0.806 | 74.1 | 39.5 | 74.7 | 1.00 / 0.05 / 0.00 |" in capsys.readouterr().out
+    monkeypatch.setattr("sys.argv", ["privacy", "federation", "--epsilons", "-1"])
+    with pytest.raises(SystemExit) as exit_:
+        bench.main()
+    assert exit_.value.code == 2 and "--epsilons" in capsys.readouterr().err
