@@ -76,10 +76,10 @@ ORDERS = tuple([1 + x / 10 for x in range(1, 100)] + list(range(11, 64)) + [128,
 
 @functools.lru_cache(maxsize=4096)
 def _one_round_rdp(sigma: float, mech: Mechanism):
-    """The RDP [orders] of one round. RDP composes by addition, so r rounds are r times this: computing it
-    once instead of at every evaluated round made a 50-round, 10-client DP-SGD run's accounting 50x
-    cheaper (a Poisson event's RDP takes 0.7-1 s here). dp-accounting keeps it in `_rdp`; its public
-    `compute_epsilon` turns it into ε (tests/test_privacy.py holds this to a fresh accountant's ε)."""
+    """The RDP [orders] of one round. RDP composes by addition, so r rounds are r times this: computed
+    once per (σ, mechanism) instead of once per evaluated round and client size (a Poisson event's RDP
+    took 0.7-1 s here). dp-accounting keeps it in `_rdp`; its public `compute_epsilon` turns it into ε
+    (tests/test_privacy.py holds this to a fresh accountant's ε)."""
     dp = _dp()
     acc = _fresh(dp, mech, "rdp")
     acc.compose(_event(dp, sigma, mech, "rdp"), mech.releases)
