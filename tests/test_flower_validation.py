@@ -304,3 +304,15 @@ def test_nodes_get_the_experiment_without_its_strategy(tmp_path, monkeypatch):
 
     node = Experiment.model_validate_json(sent)
     assert node.strategy.name == "fedavg" and node.train == exp.train and node.clients == exp.clients
+
+
+def test_client_level_privacy_wraps_the_strategy_on_flower_too(tmp_path, task_identity):
+    pytest.importorskip("dp_accounting")
+    private = TINY + ['privacy={level = "client", noise_multiplier = 1.0, clip = 0.1}']
+    exp, _ = load_experiment(CONFIGS / "seed.toml", private)
+    (tmp_path / "dp").mkdir()
+    server_app.run(FakeGrid(), exp, 0, Settings(CONFIGS / "seed.toml", private, 0, tmp_path / "dp", round_timeout=5.0,
+                                                min_nodes=1, connect_timeout=5.0), [])
+    [first] = channel.read_rounds(tmp_path / "dp", 0)
+    assert first.state.extra["privacy"] == {"clip": 0.1, "round": 1}  # the DP-FedAvg wrapper's state
+    assert all(r["epsilon"] > 0 for r in first.records)

@@ -133,7 +133,11 @@ class Study:
         """metrics.jsonl: one row per seed, method, evaluated round, client and test set."""
         import pandas as pd
 
-        return pd.DataFrame(results.read_metrics(self.path), columns=list(schema.Record.__annotations__))
+        records = results.read_metrics(self.path)
+        # a run without [privacy] has no epsilon column
+        columns = [k for k in schema.Record.__annotations__
+                   if k in schema.Record.__required_keys__ or any(k in r for r in records)]
+        return pd.DataFrame(records, columns=columns)
 
     def model(self, client: int, method: str, seed: int = 0) -> torch.nn.Module:
         """The model client `client` (from 1, as in the tables) was scored with at the end of `method`

@@ -19,6 +19,8 @@ from fedbridge import files, losses
 from fedbridge.data import corrupt
 from fedbridge.data.config import Data
 from fedbridge.errors import ConfigError
+from fedbridge.privacy import budget
+from fedbridge.privacy.config import Privacy, setting_problem
 from fedbridge.schema import LOCAL, POOLED
 from fedbridge.strategies import noise_screen, registry
 from fedbridge.strategies.api import Setup
@@ -157,6 +159,7 @@ class Experiment(Strict):
     # "fedavg": FedAvg beside another strategy (e.g. a personalized one), trained on the same federation
     baselines: list[Literal["local", "fedavg", "pooled"]] = ["local", "pooled"]
     eval: Eval = Eval()
+    privacy: Privacy | None = None
 
     @property
     def n_clients(self) -> int:
@@ -189,6 +192,12 @@ class Experiment(Strict):
         role = {LOCAL: Role.LOCAL, POOLED: Role.POOLED}.get(name, Role.FEDERATED)
         return Method(name, role, None if role is Role.LOCAL else FedAvg())
 
+    def private(self, method: "Method") -> bool:
+        """Whether [privacy] covers the method: every federated one, and at sample level pooled training
+        too (its model leaves the clients' data); a client's model trained alone never leaves it."""
+        p = self.privacy
+        return p is not None and (method.role is Role.FEDERATED or (method.role is Role.POOLED and p.level == "sample"))
+
     @property
     def setup(self) -> Setup:
         t = self.train
@@ -217,6 +226,7 @@ class Experiment(Strict):
         if len(set(named)) < len(named):
             raise ValueError(f"clients.N.names name {next(n for n in named if named.count(n) > 1)!r} twice; name each once")
         self._strategy_fits_the_round()
+        self._privacy_holds()
         return self
 
     @model_validator(mode="before")
@@ -231,6 +241,11 @@ class Experiment(Strict):
 
     def _strategy_fits_the_round(self) -> None:
         if problem := registry.check(self.strategy, self.setup):
+            raise ValueError(problem)
+
+    def _privacy_holds(self) -> None:
+        if (p := self.privacy) and (problem := setting_problem(p, self.strategy.name, self.model) or budget.problem(
+                p, self.n_clients, self.setup.clients_per_round, self.train.rounds)):
             raise ValueError(problem)
 
 

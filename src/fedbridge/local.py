@@ -28,6 +28,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from fedbridge import kernels, losses, optim, pooling
+from fedbridge.errors import ConfigError
 from fedbridge.optim import Params
 
 # Working memory for one chunk of clients (parameters, gradients, optimizer state, activations).
@@ -44,6 +45,15 @@ CONV_CLIENTS_PER_CHUNK = 1
 
 
 @dataclass(frozen=True)
+class DpSgd:
+    """Sample-level DP-SGD (Abadi et al. 2016): each step's per-example gradients clipped to `clip`,
+    their sum noised with N(0, (noise_multiplier clip)^2) per coordinate, divided by the batch size."""
+
+    clip: float
+    noise_multiplier: float
+
+
+@dataclass(frozen=True)
 class Recipe:
     """How a client trains in one round."""
 
@@ -53,6 +63,7 @@ class Recipe:
     local_epochs: int
     momentum: float = 0.0
     loss: Any = losses.CE  # train.loss: a losses.LossConfig
+    dp: DpSgd | None = None
 
 
 @dataclass
@@ -184,11 +195,16 @@ def _train_chunk(
     for k, rows in enumerate(client_rows):
         table[k, : len(rows)] = rows
     body, layers = kernels.split(model)
+    if recipe.dp is not None and (body is not None or not layers):
+        raise ConfigError("privacy.level = 'sample' runs DP-SGD on models that are Flatten, Linear, (ReLU, Linear)*; "
+                          "this one has other layers, whose per-example gradients are not implemented yet: use an "
+                          "MLP model, or privacy.level = 'client'")
     if body is not None and len(client_rows) == 1:
         body = _bound(body, params)
     # plain SGD without a gradient hook is fused into the head's backward pass; a finished client's
     # zero weights give it exactly zero gradients there, so it needs no mask
-    fused_lr = recipe.lr if layers and recipe.optimizer == "sgd" and not recipe.momentum and adjust is None else None
+    fused_lr = (recipe.lr if layers and recipe.optimizer == "sgd" and not recipe.momentum and adjust is None
+                and recipe.dp is None else None)
     # every step's rows into images [S, K, B] and their labels, gathered once
     n_steps, k, b = positions.shape
     steps_rows = table.gather(1, positions.transpose(0, 1).reshape(k, -1)).view(k, n_steps, b).transpose(0, 1).contiguous()
@@ -209,8 +225,11 @@ def _train_chunk(
             else:
                 features, leaves = _body_forward(body, params, images[rows])
             acts = kernels.forward(params, layers, features.detach())
-            loss, grad_logits = losses.weighted(acts.pop(), y, sample_weights[s], recipe.loss)
-            grads = kernels.backward(params, layers, acts, grad_logits, sgd_lr=fused_lr, input_grad=body is not None)
+            if recipe.dp is not None:
+                loss, grads = _dp_sgd_grads(params, layers, acts, y, weights[s], counts[s], recipe, generators)
+            else:
+                loss, grad_logits = losses.weighted(acts.pop(), y, sample_weights[s], recipe.loss)
+                grads = kernels.backward(params, layers, acts, grad_logits, sgd_lr=fused_lr, input_grad=body is not None)
             if body is not None:
                 grad_features = grads.pop("input").view_as(features)
                 grads.update(zip(leaves, torch.autograd.grad(features, list(leaves.values()), grad_features)))
@@ -224,6 +243,22 @@ def _train_chunk(
                 )
     steps = (counts > 0).sum(0).float()
     return LocalResult(params, steps, loss_sum / steps)
+
+
+def _dp_sgd_grads(
+    params: Params, layers: list[str], acts: list[torch.Tensor], labels: torch.Tensor, weights: torch.Tensor,
+    counts: torch.Tensor, recipe: Recipe, generators: list[torch.Generator],
+) -> tuple[torch.Tensor, Params]:
+    """Each client's mean loss [K] of one step and its DP-SGD gradient: the clipped per-example sum
+    plus noise from the client's own generator (after its batch schedule), over the batch size."""
+    dp = recipe.dp
+    summed, grad_logits = losses.weighted(acts.pop(), labels, weights, recipe.loss)
+    grads = kernels.clipped_backward(params, layers, acts, grad_logits, dp.clip)
+    std = dp.noise_multiplier * dp.clip
+    for n, g in grads.items():
+        noise = torch.stack([torch.randn(g.shape[1:], generator=gen) for gen in generators])
+        grads[n] = g.add_(noise, alpha=std).div_(recipe.batch_size)
+    return summed / counts.clamp_min(1), grads
 
 
 @contextlib.contextmanager

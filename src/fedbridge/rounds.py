@@ -7,15 +7,16 @@ is here, so both give the same metrics for the same seed.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from fedbridge import losses
 from fedbridge.experiment import Experiment, Method, Role, clients_per_round
-from fedbridge.local import Recipe, client_generator
+from fedbridge.local import DpSgd, Recipe, client_generator
 from fedbridge.models import init_params
 from fedbridge.optim import Params
+from fedbridge.privacy import budget, dpfedavg
 from fedbridge.schema import Diagnostic, Record
 from fedbridge.strategies.api import Diagnostics, LocalTrain, ServerState, Strategy
 
@@ -46,20 +47,36 @@ class Schedule:
     every: int  # eval.every: the last round is always evaluated
     cross: bool  # eval.cross_clients, at the last round
     profiles: list[str]  # each client's profile label, for the records
+    # a private method's plan ([privacy]): its σ and each client's ε after a round, put in its records
+    privacy: budget.Plan | None = None
+    # the strategy as it runs: client-level DP-FedAvg wraps it
+    wrap: Callable[[Strategy], Strategy] = lambda strategy: strategy
 
 
 # on_round(round, metrics records, diagnostics since the last call, state after the round)
 OnRound = Callable[[int, list[Record], list[Diagnostic], ServerState], None]
 
 
-def recipe(exp: Experiment) -> Recipe:
-    t = exp.train
-    return Recipe(t.optimizer, t.lr, t.batch_size, t.local_epochs, t.momentum, t.loss or losses.CE)
+def recipe(exp: Experiment, private: bool = True) -> Recipe:
+    """How clients train; with `private` and sample-level [privacy], by DP-SGD."""
+    t, p = exp.train, exp.privacy
+    dp = DpSgd(p.clip, p.noise_multiplier) if private and p is not None and p.level == "sample" else None
+    return Recipe(t.optimizer, t.lr, t.batch_size, t.local_epochs, t.momentum, t.loss or losses.CE, dp)
 
 
-def schedule(method: Method, exp: Experiment, seed: int, profiles: list[str]) -> Schedule:
+def schedule(method: Method, exp: Experiment, seed: int, profiles: list[str], sizes: list[int] | None = None) -> Schedule:
+    """`sizes`: each participant's training samples, which sample-level ε depends on (without them a
+    sample-level run's records carry no ε)."""
     fraction = exp.train.client_fraction if method.role is Role.FEDERATED else 1.0
-    return Schedule(seed, method.name, exp.train.rounds, fraction, exp.eval.every, exp.eval.cross_clients, profiles)
+    s = Schedule(seed, method.name, exp.train.rounds, fraction, exp.eval.every, exp.eval.cross_clients, profiles)
+    p, t = exp.privacy, exp.train
+    if p is None or not exp.private(method):
+        return s
+    if p.level == "sample":
+        return s if sizes is None else replace(s, privacy=budget.sample_plan(p, sizes, t.batch_size, t.local_epochs))
+    m = clients_per_round(exp.n_clients, fraction)
+    plan = budget.client_plan(p, exp.n_clients, m, t.rounds)
+    return replace(s, privacy=plan, wrap=lambda strategy: dpfedavg.wrap(strategy, p, plan.sigma, m, seed))
 
 
 def sample_clients(n_clients: int, fraction: float, seed: int, round_: int) -> torch.Tensor:
@@ -86,11 +103,15 @@ def diagnostic_records(s: Schedule, round_: int, diagnostics: Diagnostics) -> li
 
 
 def metric_records(s: Schedule, round_: int, scores: list[Score]) -> list[Record]:
-    return [
+    records = [
         Record(seed=s.seed, method=s.method, round=round_, client=c + 1, profile=s.profiles[c], test_set=test_set,
                accuracy=accuracy, loss=loss)
         for c, test_set, accuracy, loss in scores
     ]
+    if s.privacy is not None:  # each client's own ε (sample level: it depends on the client's size)
+        for r in records:
+            r["epsilon"] = s.privacy.epsilon(round_, r["client"] - 1)
+    return records
 
 
 def train(strategy: Strategy, transport: Transport, initial: Params, s: Schedule,
@@ -102,6 +123,7 @@ def train(strategy: Strategy, transport: Transport, initial: Params, s: Schedule
     `resume=(r, state)` continues after round r from that state. Every random choice of round r+1
     onwards derives from (seed, round, client), so a resumed run equals an uninterrupted one.
     """
+    strategy = s.wrap(strategy)
     done, state = resume or (0, strategy.init(initial, transport.n_clients))
     everyone = torch.arange(transport.n_clients)
     evaluated, diagnostics = None, []

@@ -28,6 +28,7 @@ class Record(TypedDict):
     test_set: str  # "own", "clean" or "client:N"
     accuracy: Accuracy
     loss: float
+    epsilon: NotRequired[float]  # [privacy]: the client's ε spent after this round (its method's, at δ)
 
 
 class Diagnostic(TypedDict):
@@ -72,6 +73,24 @@ class Pair(TypedDict):
     method: str
 
 
+class PrivacySummary(TypedDict):
+    """[privacy]'s outcome: ε at δ of the strategy (the largest over its clients), how it was accounted,
+    and every private method's ε."""
+
+    epsilon: float | None  # None where no ε was recorded (a sample-level run on Flower)
+    delta: float
+    noise_multiplier: float
+    clip: float
+    accountant: str
+    level: str
+    mode: str
+    adaptive: bool
+    sampling: str
+    methods: dict[str, float | None]
+    clients: dict[str, float]  # the strategy's ε per client ("1", "2", ...): sample level depends on its size
+    not_released: str | None  # what the strategy keeps on the clients, outside ε
+
+
 class RunSummary(TypedDict):
     name: str
     dataset: str
@@ -98,6 +117,7 @@ class RunSummary(TypedDict):
     num_classes: NotRequired[int]
     class_names: NotRequired[list[str]]  # class k's name; absent where the classes are only numbers
     common_test: NotRequired[bool]  # the "clean" test set is a common one held out of the user's data
+    privacy: NotRequired[PrivacySummary]  # runs with a [privacy] table
 
 
 class SweepRow(TypedDict):

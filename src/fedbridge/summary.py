@@ -12,6 +12,8 @@ from fedbridge import detection, results
 from fedbridge.data.datasets import Dataset
 from fedbridge.experiment import Experiment
 from fedbridge.federation import client_names
+from fedbridge.privacy import budget
+from fedbridge.schema import LOCAL
 
 # A final test loss above this (or NaN) means training blew up, usually from too large a learning rate:
 # a uniform guess scores ln(10) = 2.3 nats, and models that learned anything score below 1.
@@ -78,4 +80,19 @@ def summarize(
         "diverged": _pairs(diverged),
         "chance": _pairs(_at_chance(final, dataset.num_classes) - diverged),  # a diverged one is warned of already
         "detection": {m: {score: detection.summary(c) for score, c in scores.items()} for m, scores in by_method.items()},
+        **_privacy(exp, final),
     }
+
+
+def _privacy(exp: Experiment, final: list[dict]) -> dict:
+    """{"privacy": ...} for a run with a [privacy] table: the ε its records carry, largest over seeds."""
+    if exp.privacy is None:
+        return {}
+    spent: dict[str, dict[int, float]] = {m.name: {} for m in exp.methods if exp.private(m)}
+    for r in final:
+        if "epsilon" in r and r["method"] in spent:
+            per = spent[r["method"]]
+            per[r["client"]] = max(per.get(r["client"], 0.0), r["epsilon"])
+    t = exp.train
+    return {"privacy": budget.summary(exp.privacy, exp.strategy.name, exp.n_clients, exp.setup.clients_per_round,
+                                      t.rounds, t.batch_size, spent, LOCAL in [m.name for m in exp.methods])}

@@ -85,5 +85,7 @@ def train(method: Method, federation: Federation, exp: Experiment, seed: int,
     model = build_model(exp.model, federation.input_shape, federation.num_classes)
     rows = participants(method, federation)
     profiles = [c.profile for c in federation.clients]
-    return rounds.train(strategy_for(method, exp), transport(model, federation, rows, rounds.recipe(exp), seed),
-                        rounds.initial_model(model, seed), rounds.schedule(method, exp, seed, profiles), on_round, resume)
+    how = rounds.recipe(exp, private=exp.private(method))
+    schedule = rounds.schedule(method, exp, seed, profiles, sizes=[len(r) for r in rows])
+    return rounds.train(strategy_for(method, exp), transport(model, federation, rows, how, seed),
+                        rounds.initial_model(model, seed), schedule, on_round, resume)

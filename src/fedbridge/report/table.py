@@ -61,7 +61,8 @@ def main_cells(summary: dict) -> Cells:
     rows, profiles = _index(summary)
     methods, strategy, seeds = summary["methods"], summary["strategy"], summary["seeds"]
     with_gain = [m in (strategy, "fedavg") and LOCAL in methods for m in methods]
-    columns = [("client", True), ("data", False)]
+    privacy = summary.get("privacy")
+    columns = [("client", True), ("data", False)] + [(f"ε, {title(strategy)}", True)] * bool(privacy)
     for m, gain in zip(methods, with_gain):
         columns += [(f"{title(m)}, own test", True)] + [("gain", True)] * gain
     columns += [(f"{title(m)}, {test_title(summary)} test", True) for m in methods]
@@ -70,14 +71,24 @@ def main_cells(summary: dict) -> Cells:
         caption=(f"{summary['dataset']} ({summary['data_source']}), accuracy % "
                  + (f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}")
                  + f", after {summary['rounds']} rounds"
-                 + (f"; classes: {', '.join(summary['class_names'])}" if summary.get("class_names") else "")),
+                 + (f"; classes: {', '.join(summary['class_names'])}" if summary.get("class_names") else "")
+                 + (_privacy_caption(privacy) if privacy else "")),
     )
     for c in sorted(profiles):
         cells = [client_label(summary, c), profiles[c]]
+        if privacy:
+            spent = privacy["clients"].get(str(c))
+            cells.append("–" if spent is None else f"{spent:.2f}")
         for m, gain in zip(methods, with_gain):
             cells += [_cell(rows, (c, m, "own"))] + [_gain(rows, c, m)] * gain
         table.rows.append(cells + [_cell(rows, (c, m, "clean")) for m in methods])
     return table
+
+
+def _privacy_caption(p: dict) -> str:
+    mode = f" ({p['mode']})" if p["level"] == "client" else ""
+    return (f"; {p['level']}-level DP{mode}, σ = {p['noise_multiplier']:.3g}, C = {p['clip']:g}"
+            f"{' adaptive' if p['adaptive'] else ''}, ε at δ = {p['delta']:g} by {p['accountant'].upper()}")
 
 
 def cross_cells(summary: dict) -> Cells | None:
