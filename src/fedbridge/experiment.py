@@ -117,6 +117,9 @@ class Train(Strict):
 class Eval(Strict):
     every: int = Field(default=1, ge=1)  # rounds between evaluations; the last round always counts
     cross_clients: bool = True  # final models on every other client's own test data
+    # whose models are scored: every client's, the round's sampled ones', or a seeded subset of N
+    # (the same N at every round), for federations too large to score whole every round
+    clients: Literal["all", "sampled"] | Annotated[int, Field(ge=1, le=MAX_CLIENTS)] = "all"
 
 
 class Experiment(Strict):

@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from fedbridge import detection, lock, results
+from fedbridge import client_state, detection, lock, results
 from fedbridge.bounds import check_fits
 from fedbridge.engines import simulation
 from fedbridge.errors import ConfigError
@@ -57,11 +57,12 @@ class _Writer:
             if r == rounds:
                 self.final.extend(records)
                 self._detection(federation, seed, method)
-            results.save_checkpoint(self.out, {
-                "seed": seed, "method": method.name, "round": r, "params": state.params, "extra": state.extra,
-                "seconds": seconds, "detection": curves, "elapsed": time.perf_counter() - start, "note": self.note,
+            elapsed = time.perf_counter() - start
+            client_state.checkpointed(state.extra, r, self.out, lambda extra: results.save_checkpoint(self.out, {
+                "seed": seed, "method": method.name, "round": r, "params": state.params, "extra": extra,
+                "seconds": seconds, "detection": curves, "elapsed": elapsed, "note": self.note,
                 "config": self.fingerprint,
-            })
+            }))
             own = [x["accuracy"] for x in records if x["test_set"] == "own"]
             self.progress.update(self.task, advance=r - self._last, status=(
                 f"seed {seed} {method.name} round {r}: own test {100 * sum(own) / len(own):.1f}%"))
@@ -69,7 +70,9 @@ class _Writer:
 
         # only when resuming, so a transport without resume support still runs fresh studies
         more = {"resume": (resume.round, resume.state)} if resume else {}
-        params = train(method, federation, self.exp, seed, on_round, **more)
+        # a strategy's per-client state too large for memory keeps its files here (client_state)
+        with client_state.files_in(self.out / client_state.FOLDER / f"seed{seed}-{method.name}"):
+            params = train(method, federation, self.exp, seed, on_round, **more)
         seconds[method.name].append(time.perf_counter() - start)
         results.save_weights(self.out, seed, method.name, params)
         clean = [r["accuracy"] for r in self.final
@@ -150,4 +153,5 @@ def run_study(
         summary = summarize(exp, dataset, note, seeds, writer.final, position.seconds, position.detection, engines)
         results.write_summary(out, summary)
         (out / results.CHECKPOINT).unlink(missing_ok=True)
+        client_state.remove(out)
     return summary
