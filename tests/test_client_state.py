@@ -26,7 +26,7 @@ def test_rows_in_memory_while_they_fit():
 def test_rows_in_files_beyond_the_budget_read_as_written(on_disk, tmp_path):
     with client_state.files_in(tmp_path):
         state = client_state.create("own", _default(), 5)
-    assert state.rows is None and (tmp_path / "own" / "w").stat().st_size == 5 * 2 * 4
+    assert state.rows is None and (tmp_path / "own" / "w").stat().st_size == 2 * 5 * 2 * 4  # two slots a client
     later = state.put(torch.tensor([1, 3]), {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "b": torch.zeros(2, 1)})
     rows = later.take(torch.tensor([0, 1, 3]))
     assert rows["w"].tolist() == [[0.0, 0.0], [1.0, 2.0], [3.0, 4.0]]  # client 0 was never written: the default
@@ -52,7 +52,7 @@ def test_a_checkpoint_reopens_to_its_rows_after_a_crash_at_any_point(on_disk, tm
     def crash_before_saving(plain):
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):  # round 2's journal written, its checkpoint never saved
+    with pytest.raises(KeyboardInterrupt):  # round 2's rows written and synced, its checkpoint never saved
         client_state.checkpointed({"own": state}, 2, tmp_path, crash_before_saving)
     reopened = client_state.reopened(at_1, tmp_path)["own"]
     assert reopened.take(torch.tensor([0, 2]))["w"].tolist() == [[0.0, 0.0], [5.0, 6.0]]
@@ -63,11 +63,13 @@ def test_a_checkpoint_reopens_to_its_rows_after_a_crash_at_any_point(on_disk, tm
         at_2.update(plain)
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):  # round 2's checkpoint saved, its rows not yet in the files
+    with pytest.raises(KeyboardInterrupt):  # round 2's checkpoint saved, and the run stopped right after
         client_state.checkpointed({"own": state}, 2, tmp_path, crash_after_saving)
     reopened = client_state.reopened(at_2, tmp_path)["own"]
     assert reopened.take(torch.tensor([0, 2]))["w"].tolist() == [[9.0, 9.0], [5.0, 6.0]]
-    assert not (tmp_path / client_state.FOLDER / "own" / "journal.pt").exists()
+    # a later round's put goes to the other slot: the checkpoint's rows stay on disk
+    reopened.put(torch.tensor([0]), {"w": torch.tensor([[1.0, 1.0]]), "b": torch.tensor([[1.0]])})
+    assert client_state.reopened(at_2, tmp_path)["own"].take(torch.tensor([0]))["w"].tolist() == [[9.0, 9.0]]
 
 
 @settings(max_examples=25, deadline=None)

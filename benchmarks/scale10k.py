@@ -1,0 +1,93 @@
+"""One federation of many MNIST clients with a stateful strategy, as its own process (for its peak RSS).
+
+The speed benchmark (`--only scale10k`) starts it for 10,000 clients and for 100, with the same
+clients per round and the same data per client, and compares their time per round. Each round is
+what a study's round is: sample, train, aggregate, score eval.clients clients, checkpoint (the
+client_state store's files synced, its slots saved). Prints one JSON line.
+
+    python -m benchmarks.scale10k --clients 10000 --per-round 100 --strategy scaffold --rounds 10
+"""
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import entry, positive_int
+from fedbridge import client_state, rounds
+from fedbridge.data.datasets import load_dataset
+from fedbridge.engines import simulation
+from fedbridge.experiment import validate
+from fedbridge.federation import build_federation, client_rows
+from fedbridge.models import build_model
+from fedbridge.results import save_checkpoint
+
+SAMPLES_PER_CLIENT = 6  # 60,000 MNIST images over 10,000 clients: 5 to train and 1 to test each
+
+
+def experiment(clients: int, per_round: int, strategy: str, rounds_: int, eval_clients: int):
+    return validate({
+        "name": "scale", "clients": [{"count": clients}], "model": "2nn",
+        "partition": {"name": "iid", "samples_per_client": SAMPLES_PER_CLIENT},
+        "train": {"lr": 0.05, "batch_size": 10, "local_epochs": 1, "rounds": rounds_,
+                  "client_fraction": per_round / clients},
+        "strategy": {"name": strategy}, "baselines": [],
+        "eval": {"clients": eval_clients, "cross_clients": False},
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=positive_int, default=10_000)
+    parser.add_argument("--per-round", type=positive_int, default=100)
+    parser.add_argument("--strategy", choices=["scaffold", "ditto"], default="scaffold")
+    parser.add_argument("--rounds", type=positive_int, default=10, help="timed rounds, after one warm-up round")
+    parser.add_argument("--eval-clients", type=positive_int, default=100)
+    parser.add_argument("--threads", type=positive_int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    exp = experiment(args.clients, args.per_round, args.strategy, args.rounds + 1, args.eval_clients)
+    dataset = load_dataset("mnist", progress=False)
+    began = time.perf_counter()
+    rows = client_rows(dataset.train_labels, exp, exp.seed)
+    partitioned = time.perf_counter()
+    federation = build_federation(dataset, exp, exp.seed, rows)
+    built = time.perf_counter()
+    model = build_model(exp.model, federation.input_shape, federation.num_classes)
+    method = exp.method(exp.strategy.name)
+    transport = simulation.transport(model, federation, simulation.participants(method, federation),
+                                     rounds.recipe(exp), exp.seed)
+    marks = [(time.perf_counter(), time.process_time())]
+    with tempfile.TemporaryDirectory(prefix="fedbridge-scale-") as tmp:
+        run = Path(tmp)
+
+        def on_round(r, records, diagnostics, state):
+            client_state.checkpointed(state.extra, r, run, lambda extra: save_checkpoint(
+                run, {"round": r, "params": state.params, "extra": extra}))
+            marks.append((time.perf_counter(), time.process_time()))
+
+        with client_state.files_in(run / client_state.FOLDER):
+            strategy = simulation.strategy_for(method, exp)
+            rounds.train(strategy, transport, rounds.initial_model(model, exp.seed),
+                         rounds.schedule(method, exp, exp.seed, [c.profile for c in federation.clients]), on_round)
+        # blocks, not sizes: the files are sparse, and hold only the clients written
+        on_disk = sum(f.stat().st_blocks * 512 for f in (run / client_state.FOLDER).rglob("*") if f.is_file())
+    # wall time, and the process's CPU time (all its threads): on a machine busy with other work the
+    # CPU time is what the federation itself cost
+    seconds = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
+    cpu = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
+    print(json.dumps({
+        "clients": args.clients, "per_round": args.per_round, "strategy": args.strategy,
+        "partition_s": partitioned - began, "federation_s": built - partitioned,
+        "round_seconds": seconds, "round_cpu_seconds": cpu, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "state_on_disk_mb": on_disk / 2**20,
+    }))
+
+
+if __name__ == "__main__":
+    entry(main)
