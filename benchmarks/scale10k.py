@@ -11,6 +11,9 @@ client_state store's files synced, its slots saved). Prints one JSON line.
 import argparse
 import json
 import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,12 +23,14 @@ import torch
 from benchmarks import entry, positive_int
 from fedbridge import client_state, rounds
 from fedbridge.data.datasets import load_dataset
+from fedbridge.errors import FedbridgeError
 from fedbridge.engines import simulation
 from fedbridge.experiment import validate
 from fedbridge.federation import build_federation, client_rows
 from fedbridge.models import build_model
 from fedbridge.results import save_checkpoint
 
+ROOT = Path(__file__).parent.parent
 SAMPLES_PER_CLIENT = 6  # 60,000 MNIST images over 10,000 clients: 5 to train and 1 to test each
 
 
@@ -38,6 +43,51 @@ def experiment(clients: int, per_round: int, strategy: str, rounds_: int, eval_c
         "strategy": {"name": strategy}, "baselines": [],
         "eval": {"clients": eval_clients, "cross_clients": False},
     })
+
+
+def _spread(trials: list[float]) -> dict:
+    return {"median": statistics.median(trials), "min": min(trials), "max": max(trials), "trials": trials}
+
+
+def _run(args: list[str]) -> dict:
+    done = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise FedbridgeError(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def section(trials: int, rounds: int, threads: int) -> list[dict]:
+    """10,000 clients against 100, for SCAFFOLD and Ditto: each trial runs the four alternated, in
+    their own processes; the figure is the median over trials of each trial's median round."""
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for _ in range(trials):
+        for strategy in ("scaffold", "ditto"):
+            for clients in (10_000, 100):
+                out = _run([sys.executable, "-m", "benchmarks.scale10k", "--clients", str(clients), "--per-round",
+                            "100", "--strategy", strategy, "--rounds", str(rounds), "--threads", str(threads)])
+                runs.setdefault((strategy, clients), []).append(out)
+    rows = []
+    for strategy in ("scaffold", "ditto"):
+        big, small = runs[(strategy, 10_000)], runs[(strategy, 100)]
+
+        def per_round(outs: list[dict], key: str) -> dict:
+            return _spread([statistics.median(o[key][1:]) for o in outs])
+
+        wall_big, wall_small = per_round(big, "round_seconds"), per_round(small, "round_seconds")
+        cpu_big, cpu_small = per_round(big, "round_cpu_seconds"), per_round(small, "round_cpu_seconds")
+        rss = max(o["peak_rss_mb"] for o in big)
+        ratio = wall_big["median"] / wall_small["median"]
+        rows.append({
+            "strategy": strategy, "s_per_round_10k": wall_big, "s_per_round_100": wall_small,
+            "cpu_s_per_round_10k": cpu_big, "cpu_s_per_round_100": cpu_small,
+            "ratio": ratio, "cpu_ratio": cpu_big["median"] / cpu_small["median"],
+            "peak_rss_mb_10k": rss, "peak_rss_mb_100": max(o["peak_rss_mb"] for o in small),
+            "state_on_disk_mb": statistics.median(o["state_on_disk_mb"] for o in big),
+            "partition_s": statistics.median(o["partition_s"] for o in big),
+            "federation_s": statistics.median(o["federation_s"] for o in big),
+            "rss_target_met": rss <= 4096, "time_target_met": ratio <= 1.2,
+        })
+    return rows
 
 
 def main() -> None:

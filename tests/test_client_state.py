@@ -5,8 +5,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
-from fedbridge import client_state
+from conftest import CONFIGS, invoke, stopping_after
+from fedbridge import client_state, results
+from fedbridge.experiment import load_experiment
+from fedbridge.study import run_study
 
 
 def _default():
@@ -92,3 +96,21 @@ def test_files_and_memory_hold_the_same_rows(tmp_path_factory, puts, checkpoint_
             files = client_state.reopened(_saved({"s": files}, r, run), run)["s"]
     everyone = torch.arange(6)
     assert all(torch.equal(memory.take(everyone)[n], files.take(everyone)[n]) for n in ("w", "b"))
+
+
+@pytest.mark.parametrize("strategy", ["ditto", "fedper", "scaffold"])
+def test_a_run_stopped_with_its_state_in_files_resumes_to_the_same_results(tmp_path, on_disk, strategy):
+    small = ["data.name=digits", "partition.sizes=[300,300,300]", "clients=[{count=3}]", "train.rounds=3",
+             "train.batch_size=16", "baselines=[\"local\"]", f"strategy={{name=\"{strategy}\"}}", "train.optimizer=\"sgd\"",
+             "train.lr=0.05", "train.client_fraction=0.67"]
+    reference, out = tmp_path / "reference", tmp_path / "stopped"
+    assert invoke("run", CONFIGS / "seed.toml", *[a for s in small for a in ("--set", s)], "--out", reference,
+                  "--quiet").exit_code == 0
+    exp, _ = load_experiment(CONFIGS / "seed.toml", small)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(exp, out, None, Console(quiet=True), stopping_after(strategy, 2), quiet=True)
+    assert (out / client_state.FOLDER / f"seed0-{strategy}").is_dir()
+    assert invoke("run", "--resume", out, "--quiet").exit_code == 0
+    assert (out / results.METRICS).read_bytes() == (reference / results.METRICS).read_bytes()
+    ours, theirs = results.load_weights(out, 0, strategy), results.load_weights(reference, 0, strategy)
+    assert all(torch.equal(ours[n], theirs[n]) for n in theirs)
