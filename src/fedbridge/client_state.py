@@ -100,9 +100,12 @@ class ClientState:
 
     def _slots(self, ids: list[int], writing: bool = False) -> list[int]:
         """Each client's slot to read (the checkpoint's, or the other one once put since) or to write."""
-        at_checkpoint = self.slots[ids].tolist()
-        return [1 - s if s >= 0 and (writing or i in self.pending) else (0 if writing or i in self.pending else s)
-                for i, s in zip(ids, at_checkpoint)]
+        def slot(client: int, at_checkpoint: int) -> int:
+            if writing or client in self.pending:
+                return 1 - at_checkpoint if at_checkpoint >= 0 else 0
+            return at_checkpoint  # -1: never written
+
+        return [slot(i, s) for i, s in zip(ids, self.slots[ids].tolist())]
 
 
 @dataclass(frozen=True)
