@@ -1,6 +1,7 @@
 """One study: for each seed, build the federation and train every method; write the run directory,
 checkpointing as it goes so an interrupted study can be resumed (fedbridge.resume)."""
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -71,10 +72,13 @@ class _Writer:
         # only when resuming, so a transport without resume support still runs fresh studies
         more = {"resume": (resume.round, resume.state)} if resume else {}
         # a strategy's per-client state too large for memory keeps its files here (client_state)
-        with client_state.files_in(self.out / client_state.FOLDER / f"seed{seed}-{method.name}"):
+        state_files = self.out / client_state.FOLDER / f"seed{seed}-{method.name}"
+        with client_state.files_in(state_files):
             params = train(method, federation, self.exp, seed, on_round, **more)
         seconds[method.name].append(time.perf_counter() - start)
         results.save_weights(self.out, seed, method.name, params)
+        # a resume keeps a pair whose weights are saved, so its state is needed no more
+        shutil.rmtree(state_files, ignore_errors=True)
         clean = [r["accuracy"] for r in self.final
                  if r["seed"] == seed and r["method"] == method.name and r["test_set"] == "clean"]
         say(self.progress, self.quiet,
