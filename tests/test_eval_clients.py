@@ -4,6 +4,7 @@ model on its own test data, against scoring them one by one."""
 import pytest
 import torch
 
+from conftest import CONFIGS, invoke
 from fedbridge import rounds
 from fedbridge.client_state import in_memory
 from fedbridge.engines.simulation import evaluate_clients, train
@@ -72,3 +73,10 @@ def test_a_run_records_only_the_evaluated_clients():
         sampled = rounds.sample_clients(5, 0.4, 0, r).tolist()
         assert sorted({x["client"] - 1 for x in records if x["round"] == r}) == sampled
     assert next(iter(models.values())).shape[0] == 5  # the saved models are still every client's
+
+
+@pytest.mark.parametrize("value", ['"some"', "0", "true", "2.5", "1000001"])
+def test_a_bad_eval_clients_is_refused_with_what_it_takes(tmp_path, value):
+    result = invoke("run", CONFIGS / "seed.toml", "--set", f"eval.clients={value}", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and 'eval.clients: give "all", "sampled" or a number of clients' in result.output
+    assert not (tmp_path / "run").exists()
