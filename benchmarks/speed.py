@@ -1,10 +1,12 @@
 """How fast fedbridge trains a federation, side by side with a per-client loop and Flower, in one run.
 
     python -m benchmarks.speed [--quick] [--trials N] [--rounds N] [--threads N] [--json PATH]
-                               [--only yardstick,rounds,cnn,job,scaling,seed]
+                               [--only yardstick,rounds,cnn,job,scaling,seed,scale10k]
 
 Sections (all measured in this run, on this machine):
-  yardstick  the dense float32 limit: best GFLOP/s of torch.mm (MKL) and of a oneDNN convolution
+  yardstick  the dense float32 limit: the best of torch.mm (MKL), oneDNN's matmul and oneDNN's
+             convolution in NCHW and channels-last at the CNN's two convolutions (batch 10, 64,
+             256), each the best of YARDSTICK_WINDOWS windows, with the windows' spread
   rounds     the McMahan round (100 clients x 600 MNIST images, C=0.1, B=10, plain SGD) with the MLP
              and the 2NN, E=1 and E=5: batched engine, reference loop (run with the default threads
              and with 1 thread; the faster counts), Flower simulation
@@ -12,12 +14,16 @@ Sections (all measured in this run, on this machine):
   job        a 15-round 2NN job end to end (process start to test accuracy): fedbridge vs Flower
   scaling    s/round and peak RSS at 10, 100 and 1,000 clients per round (2NN, E=1)
   seed       `fedbridge run configs/seed.toml` end to end
+  scale10k   10,000 MNIST clients (2NN), 100 per round, SCAFFOLD and Ditto, beside a 100-client
+             federation with the same clients per round and data per client (benchmarks/scale10k.py,
+             one process each, alternated, at most 5 timed rounds): time per round and peak RSS
 
 Methods are interleaved within each trial, so a burst of load on a shared machine hits all of
 them; each figure is the median over trials of the trial's median s/round, with the spread
 (min-max of the trial medians). The job and the seed study run once per trial, and their wall
 times are reported the same way. Flower (`pip install -e '.[flower]'`) is optional: without it
-those columns say "skipped".
+those columns say "skipped". The 1-minute load average is sampled through the run; above the
+number of cores, the run warns that its figures are those of a busy machine.
 """
 
 import argparse
@@ -33,49 +39,24 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from benchmarks import entry, mcmahan_setup as setup, positive_int, results_file
+from benchmarks import entry, mcmahan_setup as setup, positive_int, results_file, scale10k
+from benchmarks.yardstick import LoadWatch, yardstick
 from fedbridge.errors import FedbridgeError
 from fedbridge.local import Recipe, local_update
 from fedbridge.reference import reference_update
 from fedbridge.rounds import initial_model
 
 ROOT = Path(__file__).parent.parent
-SECTIONS = ("yardstick", "rounds", "cnn", "job", "scaling", "seed")
+SECTIONS = ("yardstick", "rounds", "cnn", "job", "scaling", "seed", "scale10k")
 # the loop also runs single-threaded: one thread often beats two on its tiny kernels, and the
 # ratios are taken against whichever of the two is faster in that trial
 METHODS = {"batched": (local_update, None), "loop": (reference_update, None), "loop-1-thread": (reference_update, 1)}
 ROUND_CONFIGS = [("mlp", 1), ("mlp", 5), ("2nn", 1), ("2nn", 5)]
 LR = 0.1
-
-
-def best_gflops(fn, flops: float, seconds: float = 1.0) -> float:
-    """Best GFLOP/s of `fn` over repeated timings within about `seconds`."""
-    fn()
-    best, deadline = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        began = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - began)
-    return flops / best / 1e9
-
-
-def yardstick() -> dict:
-    """The dense limit: MKL's torch.mm on large squares, oneDNN on the CNN's second convolution."""
-    mm = 0.0
-    for n in (1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        mm = max(mm, best_gflops(lambda: torch.mm(a, b), 2 * n**3))
-    conv = 0.0
-    weight = torch.randn(64, 32, 5, 5)
-    for batch in (64, 256):
-        x = torch.randn(batch, 32, 14, 14)
-        conv = max(conv, best_gflops(lambda: F.conv2d(x, weight, padding=2), 2 * batch * 64 * 14 * 14 * 32 * 25))
-    return {"mm_gflops": mm, "conv_gflops": conv, "limit_gflops": max(mm, conv)}
 
 
 def training_flops_per_sample(model: nn.Module, input_shape=(1, 28, 28)) -> float:
@@ -235,8 +216,14 @@ def fmt(s: dict, digits: int = 3) -> str:
 def show(report: dict, console: Console) -> None:
     y = report.get("yardstick")
     if y:
-        console.print(f"Dense float32 limit: torch.mm {y['mm_gflops']:.0f} GFLOP/s, oneDNN conv {y['conv_gflops']:.0f} GFLOP/s "
-                      f"-> limit {y['limit_gflops']:.0f} GFLOP/s")
+        t = Table(title=f"Dense float32 candidates, GFLOP/s: best (min-median over {y['windows']} windows)")
+        for col in ("kernel", "best", "min", "median"):
+            t.add_column(col)
+        for name, k in y["kernels"].items():
+            t.add_row(name, f"{k['best']:.0f}", f"{k['min']:.0f}", f"{k['median']:.0f}")
+        console.print(t)
+        console.print(f"Dense float32 limit: {y['limit_gflops']:.0f} GFLOP/s ({y['limit_kernel']}; its windows "
+                      f"{y['limit_spread'][0]:.0f}-{y['limit_spread'][1]:.0f})")
     if "rounds" in report:
         t = Table(title="McMahan round, s/round: median (min-max over trials)")
         for col in ("model", "E", "batched", "loop", "Flower", "x loop", "x Flower", "GFLOP/s", "of limit"):
@@ -269,6 +256,22 @@ def show(report: dict, console: Console) -> None:
     if "seed" in report:
         s = report["seed"]
         console.print("seed study end to end, s: " + (fmt(s["seconds"], 1) if "seconds" in s else f"failed: {s['error']}"))
+    if "scale10k" in report:
+        t = Table(title="10,000 clients vs 100 (2NN, 100 per round, 5+1 MNIST images a client), s/round: median (min-max)")
+        for col in ("strategy", "10,000", "100", "ratio (<= 1.2)", "CPU ratio", "without eval: 10,000 / 100",
+                    "eval s", "peak RSS MB (<= 4096)", "state on disk MB", "partition + federation s"):
+            t.add_column(col)
+        for r in report["scale10k"]:
+            t.add_row(r["strategy"], fmt(r["s_per_round_10k"]), fmt(r["s_per_round_100"]), f"{r['ratio']:.2f}",
+                      f"{r['cpu_ratio']:.2f}", f"{fmt(r['training_s_per_round_10k'])} / {fmt(r['training_s_per_round_100'])}"
+                      f" = {r['training_ratio']:.2f}", f"{r['eval_s_10k']:.2f} / {r['eval_s_100']:.2f}",
+                      f"{r['peak_rss_mb_10k']:.0f} (100: {r['peak_rss_mb_100']:.0f})",
+                      f"{r['state_on_disk_mb']:.0f}", f"{r['partition_s']:.1f} + {r['federation_s']:.1f}")
+        console.print(t)
+    load = report["machine"].get("load")
+    if load and load["busy"]:
+        console.print(f"[yellow]warning:[/yellow] the machine was busy: load average up to {load['load_max']:.1f} "
+                      f"(median {load['load_median']:.1f}) on {load['cores']} cores; these figures are not those of a quiet machine")
 
 
 def main() -> None:
@@ -288,6 +291,7 @@ def main() -> None:
         parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     trials, rounds = (2, 3) if args.quick else (args.trials, args.rounds)
     torch.set_num_threads(args.threads)
+    watch = LoadWatch()
     with_flower = not args.no_flower and importlib.util.find_spec("flwr") is not None
     if not with_flower:
         console.print("Flower simulation: skipped (" + ("--no-flower" if args.no_flower else "flwr not installed: pip install -e '.[flower]'") + ")")
@@ -311,7 +315,11 @@ def main() -> None:
         report["scaling"] = scaling_section([10, 100] if args.quick else [10, 100, 1000], 2 if args.quick else 3, args.threads)
     if "seed" in sections:
         report["seed"] = seed_section(trials)
+    if "scale10k" in sections:
+        # at most 5 timed rounds: each of the four processes first builds its federation (~10 s)
+        report["scale10k"] = scale10k.section(trials, min(rounds, 5), args.threads)
     report["machine"]["load_average_at_end"] = os.getloadavg()
+    report["machine"]["load"] = watch.stop()
     show(report, console)
     args.json.write_text(json.dumps(report, indent=2))
     console.print(f"wrote {args.json}")

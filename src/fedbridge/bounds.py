@@ -24,16 +24,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedbridge import kernels
+from fedbridge import client_state, kernels
 from fedbridge.data import corrupt
 from fedbridge.data.datasets import Dataset
 from fedbridge.errors import ConfigError
 from fedbridge.experiment import IID, Experiment, Shards, Sizes
 from fedbridge.models import build_model, count_params
-from fedbridge.schema import POOLED
+from fedbridge.schema import LOCAL, POOLED
 
-# test images local.evaluate scores at once: every evaluated model's activations for this many
-EVAL_CHUNK = 2000
+# test images local.evaluate scores at once, and the clients' models scored together on them
+# (engines/simulation.py's EVAL_IMAGES and EVAL_MODELS)
+EVAL_CHUNK, EVAL_MODELS = 2000, 64
+# strategies whose state keeps a row per client (a client_state store), and those whose clients are
+# scored, and saved, with one model each: every client's model is in memory when the weights are saved
+KEEPS_PER_CLIENT = {"scaffold", "ditto", "fedper", "fedrep"}
+SCORES_PER_CLIENT = {"ditto", "fedper", "fedrep", "finetune"}
 # the batch schedule keeps 32 bytes per slot: positions, rows and labels as int64, weights and
 # sample weights as float32 (local.batch_schedule and local._train_chunk)
 SCHEDULE_BYTES = 32
@@ -105,14 +110,16 @@ def memory_needs(exp: Experiment, dataset: Dataset, shape: tuple[int, ...]) -> l
         Need(f"{exp.seeds} seeds' partitions, all drawn before the first round",
              exp.seeds * (8 * dealt + 2 * k * sys.getsizeof(np.empty(0, np.int64))),
              "seeds", exp.seeds, "run fewer seeds, or the rest in another run starting at `seed`"),
-        # every client's own model (the local baseline, personalised strategies), and the round's
-        # start and trained models with their gradients and optimizer state
-        Need(f"the models of {k:,} clients", 4 * count_params(model) * (k + 5 * exp.setup.clients_per_round),
+        # every client's own model where one is saved per client (the local baseline, personalised
+        # strategies), and the round's start and trained models with their gradients and optimizer state
+        Need(f"the models of {k if _saves_per_client(exp) else 0:,} clients and of a round",
+             4 * count_params(model) * (k * _saves_per_client(exp) + 5 * exp.setup.clients_per_round),
              "clients", [g.count for g in exp.clients], "run fewer clients (clients.N.count) or a smaller model"),
-        # evaluation runs every client's model on the same chunk of test images at once; a layer's
-        # input and output are alive together
-        Need(f"evaluating {k:,} models on {min(EVAL_CHUNK, n_test):,} images at once",
-             4 * k * min(EVAL_CHUNK, n_test) * max(a + b for a, b in zip(outputs, outputs[1:] + [0])),
+        *_state_needs(exp, count_params(model)),
+        # evaluation runs up to EVAL_MODELS clients' models on the same chunk of test images at once;
+        # a layer's input and output are alive together
+        Need(f"evaluating {min(k, EVAL_MODELS):,} models on {min(EVAL_CHUNK, n_test):,} images at once",
+             4 * min(k, EVAL_MODELS) * min(EVAL_CHUNK, n_test) * max(a + b for a, b in zip(outputs, outputs[1:] + [0])),
              "clients", [g.count for g in exp.clients], "run fewer clients (clients.N.count) or a smaller model"),
         # a batch is its full size even beyond a client's data (the rest is padding); the peak
         # memory of one client's training measured 0.95-1.4x this (mlp, 2nn, cnn; sgd and adam)
@@ -122,6 +129,29 @@ def memory_needs(exp: Experiment, dataset: Dataset, shape: tuple[int, ...]) -> l
         Need(f"the batch schedule of {steps:,} steps ({epochs:,} epochs of {trainee:,} samples) of {batch:,}",
              SCHEDULE_BYTES * steps * batch, epochs_key, epochs, f"lower {epochs_key}"),
     ]
+
+
+def _saves_per_client(exp: Experiment) -> bool:
+    return any(m.name == LOCAL or m.name in SCORES_PER_CLIENT for m in exp.methods)
+
+
+def _state_needs(exp: Experiment, params: int) -> list[Need]:
+    """A stateful strategy's rows per client (client_state), counted as a whole model a client (FedPer
+    keeps only a head: an upper bound): in memory while they fit MEMORY_BUDGET, twice (a round's
+    state and the next); beyond it in files, and in memory only the rows changed between two
+    checkpoints (eval.every rounds of clients), twice at a checkpoint (and its journal)."""
+    stateful = [m.name for m in exp.methods if m.name == LOCAL or m.name in KEEPS_PER_CLIENT]
+    if not stateful:
+        return []
+    k, row = exp.n_clients, 4 * params
+    if k * row <= client_state.MEMORY_BUDGET:
+        rows, where = k, "in memory"
+    else:
+        rows, where = min(k, exp.eval.every * exp.setup.clients_per_round), "changed between checkpoints, the rest in files"
+    return [Need(f"the per-client state of {', '.join(stateful)} ({rows:,} clients' rows {where})", 2 * rows * row,
+                 "eval.every" if rows < k else "clients", exp.eval.every if rows < k else [g.count for g in exp.clients],
+                 "lower eval.every (a checkpoint writes the changed rows to files)" if rows < k
+                 else "run fewer clients (clients.N.count) or a smaller model")]
 
 
 def _gram_needs(exp: Experiment, model: nn.Module, batch: int, steps: int) -> list[Need]:

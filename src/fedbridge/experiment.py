@@ -143,6 +143,17 @@ class Train(Strict):
 class Eval(Strict):
     every: int = Field(default=1, ge=1)  # rounds between evaluations; the last round always counts
     cross_clients: bool = True  # final models on every other client's own test data
+    # whose models are scored: every client's, the round's sampled ones', or a seeded subset of N
+    # (the same N at every round), for federations too large to score whole every round
+    clients: Literal["all", "sampled"] | int = "all"
+
+    @field_validator("clients", mode="before")
+    @classmethod
+    def _clients(cls, value: Any) -> Any:
+        # one message for the union, rather than pydantic's one per member
+        if value in ("all", "sampled") or (type(value) is int and 1 <= value <= MAX_CLIENTS):
+            return value
+        raise ValueError(f'give "all", "sampled" or a number of clients from 1 to {MAX_CLIENTS:,}')
 
 
 class Experiment(Strict):

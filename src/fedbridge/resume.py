@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from fedbridge import detection, results
+from fedbridge import client_state, detection, results
 from fedbridge.data.datasets import Dataset
 from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.experiment import Experiment, Role
@@ -229,7 +229,7 @@ def restore(run: Path, exp: Experiment, seeds: list[int], dataset: Dataset) -> P
         pair = (checkpoint["seed"], checkpoint["method"])
         position.note = checkpoint["note"]
         if pair not in position.finished:  # else it ended after this checkpoint, before the next pair's first one
-            state = ServerState(checkpoint["params"], checkpoint["extra"])
+            state = ServerState(checkpoint["params"], client_state.reopened(checkpoint["extra"], run))
             legacy = _legacy_detection(*pair, state)
             position.current = Current(*pair, checkpoint["round"], state, checkpoint["elapsed"])
             limit[pair] = checkpoint["round"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from fedbridge import losses
+from fedbridge.client_state import Models
 from fedbridge.experiment import Experiment, Method, Role, clients_per_round
 from fedbridge.local import DpSgd, Recipe, client_generator
 from fedbridge.models import init_params
@@ -21,7 +22,7 @@ from fedbridge.schema import Diagnostic, Record
 from fedbridge.strategies.api import Diagnostics, LocalTrain, ServerState, Strategy
 
 # independent random streams derived from the seed (federation.py has the data's)
-STREAM_INIT, STREAM_SAMPLE, STREAM_BATCHES, STREAM_FINETUNE = 10, 11, 12, 13
+STREAM_INIT, STREAM_SAMPLE, STREAM_BATCHES, STREAM_FINETUNE, STREAM_EVAL = 10, 11, 12, 13, 14
 
 Score = tuple[int, str, float, float]  # (client, 0-based; test set; accuracy; loss)
 
@@ -34,6 +35,9 @@ class Transport:
     # evaluate(models [1 or n, ...], round, cross) -> each client's model on its own and the clean
     # test data, and with `cross` on every other client's own test data
     evaluate: Callable[[Params, int, bool], list[Score]]
+    # evaluate_some(models, ids, round, cross) -> as `evaluate`, for clients `ids` only (eval.clients),
+    # `models` [1 or len(ids), ...] or a store read by client; a transport without it scores everyone
+    evaluate_some: Callable[[Models, torch.Tensor, int, bool], list[Score]] | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class Schedule:
     every: int  # eval.every: the last round is always evaluated
     cross: bool  # eval.cross_clients, at the last round
     profiles: list[str]  # each client's profile label, for the records
+    evaluated: str | int = "all"  # eval.clients: "all", "sampled", or a seeded subset of that many
     # a private method's plan ([privacy]): its σ and each client's ε after a round, put in its records
     privacy: budget.Plan | None = None
     # the strategy as it runs: client-level DP-FedAvg wraps it
@@ -68,7 +73,8 @@ def schedule(method: Method, exp: Experiment, seed: int, profiles: list[str], si
     """`sizes`: each participant's training samples, which sample-level ε depends on (without them a
     sample-level run's records carry no ε)."""
     fraction = exp.train.client_fraction if method.role is Role.FEDERATED else 1.0
-    s = Schedule(seed, method.name, exp.train.rounds, fraction, exp.eval.every, exp.eval.cross_clients, profiles)
+    s = Schedule(seed, method.name, exp.train.rounds, fraction, exp.eval.every, exp.eval.cross_clients, profiles,
+                 exp.eval.clients)
     p, t = exp.privacy, exp.train
     if p is None or not exp.private(method):
         return s
@@ -86,6 +92,23 @@ def sample_clients(n_clients: int, fraction: float, seed: int, round_: int) -> t
         return torch.arange(n_clients)
     order = torch.randperm(n_clients, generator=client_generator(seed, STREAM_SAMPLE, round_))
     return order[:m].sort().values
+
+
+def evaluated_clients(s: Schedule, n_clients: int, sampled: torch.Tensor) -> torch.Tensor:
+    """The clients a round scores (eval.clients): everyone, the round's sampled ones, or the same
+    seeded subset of N clients at every round, so that its curves follow the same clients."""
+    if s.evaluated == "sampled":
+        return sampled
+    if s.evaluated == "all" or s.evaluated >= n_clients:
+        return torch.arange(n_clients)
+    return torch.randperm(n_clients, generator=client_generator(s.seed, STREAM_EVAL))[: s.evaluated].sort().values
+
+
+def rows_for(models: Models, ids: torch.Tensor, n_clients: int) -> Models:
+    """`models` as evaluate_some takes them: one model [1, ...], one per client of `ids`, or a store."""
+    if isinstance(models, dict) and next(iter(models.values())).shape[0] == n_clients != len(ids):
+        return {n: p[ids] for n, p in models.items()}
+    return models
 
 
 def initial_model(model: torch.nn.Module, seed: int) -> Params:
@@ -116,26 +139,32 @@ def metric_records(s: Schedule, round_: int, scores: list[Score]) -> list[Record
 
 def train(strategy: Strategy, transport: Transport, initial: Params, s: Schedule,
           on_round: OnRound = lambda r, records, diagnostics, state: None,
-          resume: tuple[int, ServerState] | None = None) -> Params:
-    """Run the rounds and return the models the clients were last evaluated with: the server's, or
-    e.g. with fine-tuning, every client's fine-tuned copy [n, ...].
+          resume: tuple[int, ServerState] | None = None) -> Models:
+    """Run the rounds and return the models every client was last evaluated with: the server's, a
+    store of the clients' own, or e.g. with fine-tuning, every client's fine-tuned copy [n, ...].
 
     `resume=(r, state)` continues after round r from that state. Every random choice of round r+1
     onwards derives from (seed, round, client), so a resumed run equals an uninterrupted one.
     """
     strategy = s.wrap(strategy)
     done, state = resume or (0, strategy.init(initial, transport.n_clients))
-    everyone = torch.arange(transport.n_clients)
+    n = transport.n_clients
+    everyone = torch.arange(n)
     evaluated, diagnostics = None, []
     for r in range(done + 1, s.rounds + 1):
-        ids = sample_clients(transport.n_clients, s.fraction, s.seed, r)
+        ids = sample_clients(n, s.fraction, s.seed, r)
         trained = strategy.local(state, ids, transport.local(r, ids, STREAM_BATCHES))
         state, reported = strategy.aggregate(state, trained)
         diagnostics += diagnostic_records(s, r, reported)
         if r % s.every == 0 or r == s.rounds:
-            evaluated = strategy.evaluate_with(state, everyone, transport.local(r, everyone, STREAM_FINETUNE))
-            on_round(r, metric_records(s, r, transport.evaluate(evaluated, r, s.cross and r == s.rounds)), diagnostics, state)
+            scored = evaluated_clients(s, n, ids) if transport.evaluate_some else everyone
+            models = strategy.evaluate_with(state, scored, transport.local(r, scored, STREAM_FINETUNE))
+            cross = s.cross and r == s.rounds
+            scores = (transport.evaluate(models, r, cross) if len(scored) == n
+                      else transport.evaluate_some(rows_for(models, scored, n), scored, r, cross))
+            evaluated = models if len(scored) == n else None
+            on_round(r, metric_records(s, r, scores), diagnostics, state)
             diagnostics = []
-    if evaluated is None:  # resumed from the last round's checkpoint: nothing was left to train
+    if evaluated is None:  # resumed from the last round's checkpoint, or the last round scored only some clients
         evaluated = strategy.evaluate_with(state, everyone, transport.local(s.rounds, everyone, STREAM_FINETUNE))
     return evaluated

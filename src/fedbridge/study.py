@@ -1,6 +1,7 @@
 """One study: for each seed, build the federation and train every method; write the run directory,
 checkpointing as it goes so an interrupted study can be resumed (fedbridge.resume)."""
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from fedbridge import detection, lock, results
+from fedbridge import client_state, detection, lock, results
 from fedbridge.bounds import check_fits
 from fedbridge.engines import simulation
 from fedbridge.errors import ConfigError
@@ -57,11 +58,12 @@ class _Writer:
             if r == rounds:
                 self.final.extend(records)
                 self._detection(federation, seed, method)
-            results.save_checkpoint(self.out, {
-                "seed": seed, "method": method.name, "round": r, "params": state.params, "extra": state.extra,
-                "seconds": seconds, "detection": curves, "elapsed": time.perf_counter() - start, "note": self.note,
+            elapsed = time.perf_counter() - start
+            client_state.checkpointed(state.extra, r, self.out, lambda extra: results.save_checkpoint(self.out, {
+                "seed": seed, "method": method.name, "round": r, "params": state.params, "extra": extra,
+                "seconds": seconds, "detection": curves, "elapsed": elapsed, "note": self.note,
                 "config": self.fingerprint,
-            })
+            }))
             own = [x["accuracy"] for x in records if x["test_set"] == "own"]
             self.progress.update(self.task, advance=r - self._last, status=(
                 f"seed {seed} {method.name} round {r}: own test {100 * sum(own) / len(own):.1f}%"))
@@ -69,9 +71,14 @@ class _Writer:
 
         # only when resuming, so a transport without resume support still runs fresh studies
         more = {"resume": (resume.round, resume.state)} if resume else {}
-        params = train(method, federation, self.exp, seed, on_round, **more)
+        # a strategy's per-client state too large for memory keeps its files here (client_state)
+        state_files = self.out / client_state.FOLDER / f"seed{seed}-{method.name}"
+        with client_state.files_in(state_files):
+            params = train(method, federation, self.exp, seed, on_round, **more)
         seconds[method.name].append(time.perf_counter() - start)
         results.save_weights(self.out, seed, method.name, params)
+        # a resume keeps a pair whose weights are saved, so its state is needed no more
+        shutil.rmtree(state_files, ignore_errors=True)
         clean = [r["accuracy"] for r in self.final
                  if r["seed"] == seed and r["method"] == method.name and r["test_set"] == "clean"]
         say(self.progress, self.quiet,
@@ -150,4 +157,5 @@ def run_study(
         summary = summarize(exp, dataset, note, seeds, writer.final, position.seconds, position.detection, engines)
         results.write_summary(out, summary)
         (out / results.CHECKPOINT).unlink(missing_ok=True)
+        client_state.remove(out)
     return summary

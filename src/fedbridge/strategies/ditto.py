@@ -1,6 +1,7 @@
 """Ditto (Li et al. 2021): FedAvg trains the global model w; each sampled client also trains its
 personal model v on its own loss + lambda/2 ||v - w||^2 (lambda = 0: training alone; large lambda:
-FedAvg's model). Clients are scored with their personal models; the global one is kept in extra."""
+FedAvg's model). The state's params are w; the personal models live in a client_state store
+(extra["own"]), and clients are scored with them."""
 
 from dataclasses import replace
 from typing import Literal
@@ -8,7 +9,6 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from fedbridge.optim import Params
 from fedbridge.strategies import diagnostics
 from fedbridge.strategies.aggregate import difference, weighted_mean
 from fedbridge.strategies.api import (
@@ -16,7 +16,7 @@ from fedbridge.strategies.api import (
 )
 from fedbridge.strategies.fedprox import proximal
 from fedbridge.strategies.local_only import init as one_model_per_client
-from fedbridge.strategies.local_only import own_models, with_own
+from fedbridge.strategies.local_only import own, with_own
 from fedbridge.strict import Strict
 
 
@@ -26,24 +26,20 @@ class Config(Strict):
 
 
 def ditto(lam: float) -> Strategy:
-    def init(initial: Params, n_clients: int) -> ServerState:
-        return ServerState(one_model_per_client(initial, n_clients).params, {"global": initial})
-
     def local(state: ServerState, ids: torch.Tensor, train: LocalTrain) -> ClientUpdates:
-        w = state.extra["global"]
+        w = state.params
         shared = train(broadcast(w, len(ids)))
-        personal = train(own_models(state, ids), proximal(lam, w) if lam else None, copy=1)
+        personal = train(own(state).take(ids), proximal(lam, w) if lam else None, copy=1)
         return replace(shared, extra={"personal": personal.params})
 
     def aggregate(state: ServerState, trained: ClientUpdates) -> tuple[ServerState, Diagnostics]:
-        w = state.extra["global"]
+        w = state.params
         updates = difference(trained.params, w)
         update = weighted_mean(updates, trained.weights)
-        params = with_own(state.params, trained.ids, trained.extra["personal"])
-        new = ServerState(params, {**state.extra, "global": {n: w[n] + update[n] for n in w}})
-        return new, diagnostics.of_updates(trained, updates)
+        extra = with_own(state, trained.ids, trained.extra["personal"])
+        return ServerState({n: w[n] + update[n] for n in w}, extra), diagnostics.of_updates(trained, updates)
 
-    return Strategy(init, aggregate, local)
+    return Strategy(one_model_per_client, aggregate, local, evaluate_with=lambda state, ids, train: own(state))
 
 
 def build(config: Config, setup: Setup) -> Strategy:

@@ -1,17 +1,18 @@
 """FedPer (Arivazhagan et al. 2019): the body is averaged, each client keeps its own head (the last
-layer); body and head train together. The state's params are one model per client [n, ...]."""
+layer); body and head train together. The state's params are the body and the initial head [1, ...];
+each client's head lives in a client_state store (extra["own"])."""
 
 from typing import Literal
 
 import torch
 
+from fedbridge import client_state
 from fedbridge.local import GradientAdjust
 from fedbridge.optim import Params
 from fedbridge.strategies import diagnostics
 from fedbridge.strategies.aggregate import difference, weighted_mean
 from fedbridge.strategies.api import ClientUpdates, Diagnostics, ServerState, Setup, Strategy, StrategySpec, plain_local
-from fedbridge.strategies.local_only import init as one_model_per_client
-from fedbridge.strategies.local_only import own_models
+from fedbridge.strategies.local_only import OWN, own, with_own
 from fedbridge.strict import Strict
 
 
@@ -30,23 +31,32 @@ def frozen(names: set[str]) -> GradientAdjust:
     return lambda params, grads: {n: torch.zeros_like(g) if n in names else g for n, g in grads.items()}
 
 
+def init(initial: Params, n_clients: int) -> ServerState:
+    heads = {n: initial[n] for n in head_names(initial)}
+    return ServerState(initial, {OWN: client_state.create("heads", heads, n_clients)})
+
+
+def client_models(state: ServerState) -> client_state.Joined:
+    """Every client's model: the body, and its own head."""
+    return client_state.Joined(state.params, own(state))
+
+
+def own_models(state: ServerState, ids: torch.Tensor) -> Params:
+    return client_models(state).take(ids)
+
+
 def shared_body_aggregate(state: ServerState, trained: ClientUpdates) -> tuple[ServerState, Diagnostics]:
     """The body moves by the weighted mean body update, for every client; heads stay the clients' own."""
     head = head_names(state.params)
-    ids = trained.ids
-    updates = difference(trained.params, own_models(state, ids))
-    params = {}
-    for n, p in state.params.items():
-        if n in head:
-            params[n] = p.clone()
-            params[n][ids] = trained.params[n]
-        else:
-            update = weighted_mean({n: updates[n]}, trained.weights)[n]
-            params[n] = (p[:1] + update).expand_as(p).clone()
-    return ServerState(params, state.extra), diagnostics.of_updates(trained, updates)
+    updates = difference(trained.params, own_models(state, trained.ids))
+    body = weighted_mean({n: u for n, u in updates.items() if n not in head}, trained.weights)
+    params = {n: p + body[n] if n in body else p for n, p in state.params.items()}
+    extra = with_own(state, trained.ids, {n: trained.params[n] for n in head})
+    return ServerState(params, extra), diagnostics.of_updates(trained, updates)
 
 
-FEDPER = Strategy(one_model_per_client, shared_body_aggregate, plain_local(start=own_models))
+FEDPER = Strategy(init, shared_body_aggregate, plain_local(start=own_models),
+                  evaluate_with=lambda state, ids, train: client_models(state))
 
 
 def build(config: Config, setup: Setup) -> Strategy:

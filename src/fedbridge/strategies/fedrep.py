@@ -8,9 +8,7 @@ import torch
 from pydantic import Field
 
 from fedbridge.strategies.api import ClientUpdates, LocalTrain, ServerState, Setup, Strategy, StrategySpec
-from fedbridge.strategies.fedper import frozen, head_names, shared_body_aggregate
-from fedbridge.strategies.local_only import init as one_model_per_client
-from fedbridge.strategies.local_only import own_models
+from fedbridge.strategies.fedper import FEDPER, frozen, head_names, own_models, shared_body_aggregate
 from fedbridge.strict import MAX_LOCAL_EPOCHS, Strict
 
 
@@ -27,7 +25,7 @@ def fedrep(head_epochs: int) -> Strategy:
         second = train(first.params, frozen(head))
         return replace(second, steps=first.steps + second.steps)
 
-    return Strategy(one_model_per_client, shared_body_aggregate, local)
+    return Strategy(FEDPER.init, shared_body_aggregate, local, FEDPER.evaluate_with)
 
 
 def build(config: Config, setup: Setup) -> Strategy:
