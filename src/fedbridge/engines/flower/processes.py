@@ -56,6 +56,7 @@ class Cluster:
     env: dict[str, str]
     superlink: subprocess.Popen
     nodes: list[subprocess.Popen]
+    workers: list[subprocess.Popen] = field(default_factory=list)  # node i's ClientApp process (warm.py)
 
     def alive(self) -> None:
         """Raise if the SuperLink has exited: nothing can finish without it."""
@@ -95,15 +96,36 @@ def superlink_command(port: int, security: Security, simulation: bool = False) -
 
 
 def supernode_command(address: str, partition: int, security: Security, data_dir: Path | None,
-                      private_key: Path | None, data_folder: Path | None = None) -> list[str]:
+                      private_key: Path | None, data_folder: Path | None = None, port: int | None = None) -> list[str]:
+    """A SuperNode whose ClientApps run in a process of their own (`--isolation process`): warm.py's,
+    started next to it on the Runtime API `port`, instead of a new process per message."""
     # string values in --node-config need TOML's double quotes
     config = f"partition-id={partition}" + (f' data-dir="{data_dir}"' if data_dir else "")
     config += f' data-folder="{data_folder}"' if data_folder else ""
-    command = ["flower-supernode", "--superlink", address, "--port", str(free_port()), "--node-config", config]
+    command = ["flower-supernode", "--superlink", address, "--port", str(port or free_port()), "--node-config", config,
+               "--isolation", "process"]
     command += ["--insecure"] if security.ca_cert is None else ["--root-certificates", str(security.ca_cert)]
     if private_key is not None:
         command += ["--auth-supernode-private-key", str(private_key)]
     return command
+
+
+def warm_command(port: int, node: subprocess.Popen) -> list[str]:
+    """The long-lived ClientApp process of the SuperNode `node` serving its Runtime API on `port`."""
+    return [sys.executable, "-m", "fedbridge.engines.flower.warm", "--runtime-api-address", f"{HOST}:{port}",
+            "--parent-pid", str(node.pid)]
+
+
+def start_node(address: str, partition: int, security: Security, data_dir: Path | None, data_folder: Path | None,
+               workdir: Path, env: dict[str, str], threads: int) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """SuperNode `partition` and its ClientApp process, both logging to supernode-I.log. The nodes of
+    one machine share its cores: `threads` each, as OpenMP threads of processes that outnumber the
+    cores stall on each other's barriers (a node's epoch measured 20x slower at 2 threads each)."""
+    key = security.node_keys[partition] if security.node_keys else None
+    port = free_port()
+    log = workdir / f"supernode-{partition}.log"
+    node = start(supernode_command(address, partition, security, data_dir, key, data_folder, port), log, env)
+    return node, start(warm_command(port, node), log, {**env, "OMP_NUM_THREADS": str(threads)})
 
 
 def write_connection(env: dict[str, str], address: str, security: Security) -> None:
@@ -190,15 +212,14 @@ def cluster(nodes: int, workdir: Path, security: Security = Security(), data_dir
         write_connection(env, address, security)
         for key in security.node_keys:
             register(env, key)
-        children = []
+        children, workers = [], []
         for i in range(nodes):
-            key = security.node_keys[i] if security.node_keys else None
-            folder = data_folders[i] if data_folders else None
-            command = supernode_command(address, i, security, data_dir, key, folder)
-            node = start(command, workdir / f"supernode-{i}.log", env)
-            started.append(node)
+            node, worker = start_node(address, i, security, data_dir, data_folders[i] if data_folders else None,
+                                      workdir, env, max(1, (os.cpu_count() or 1) // nodes))
+            started += [node, worker]
             children.append(node)
-        yield Cluster(address, workdir, env, superlink, children)
+            workers.append(worker)
+        yield Cluster(address, workdir, env, superlink, children, workers)
     finally:
         for sig in previous:  # a second Ctrl-C must not cut the cleanup short
             signal.signal(sig, signal.SIG_IGN)

@@ -64,3 +64,8 @@ def train_expected(shapes: dict[str, tuple[int, ...]], client: int, examples: in
 def evaluate_expected(client: int) -> Expected:
     return Expected(None, {"partition-id": (client, client), "own-accuracy": (0, 1), "own-loss": (0, math.inf),
                            "clean-accuracy": (0, 1), "clean-loss": (0, math.inf)})
+
+
+def together(train: Expected, evaluate: Expected) -> Expected:
+    """A reply to a message that evaluates a model and then trains from it: both replies' content."""
+    return Expected(train.arrays, {**evaluate.metrics, **train.metrics})

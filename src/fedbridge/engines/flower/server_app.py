@@ -45,6 +45,7 @@ class Settings:
     round_timeout: float
     min_nodes: int
     connect_timeout: float
+    train_ahead: bool = True  # round r's evaluation sent with round r+1's training (transport.py)
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> "Settings":
@@ -57,6 +58,7 @@ class Settings:
             Path(str(run_config["config"])), str(run_config.get("set", "")).split(), _number(run_config, "seed", int),
             Path(str(run_config["out-dir"])), _number(run_config, "round-timeout", float),
             _number(run_config, "min-nodes", int), _number(run_config, "connect-timeout", float),
+            _switch(run_config, "train-ahead"),
         )
         if problem := limits_problem(settings.round_timeout, settings.min_nodes, settings.connect_timeout):
             raise ConfigError(f"run config {problem}; set it with flwr run ... --run-config '{problem.split()[0]}=...'")
@@ -70,6 +72,13 @@ def _number(run_config: dict, key: str, kind: type) -> float | int:
         raise ConfigError(f"run config {key}={value!r} is not {'a whole number' if kind is int else 'a number'}; "
                           f"e.g. --run-config '{key}=60'")
     return kind(value)
+
+
+def _switch(run_config: dict, key: str) -> bool:
+    value = run_config.get(key, True)
+    if not isinstance(value, bool):
+        raise ConfigError(f"run config {key}={value!r} is not true or false; e.g. --run-config '{key}=false'")
+    return value
 
 
 def limits_problem(round_timeout: float, min_nodes: int, connect_timeout: float) -> str | None:
@@ -188,11 +197,13 @@ def run(grid: Grid, exp: Experiment, seed: int, settings: Settings, left_out: li
 
     def on_round(r: int, records: list[dict], diagnostics: list[dict], state: ServerState) -> None:
         channel.write_round(settings.out_dir, r, records, diagnostics, state)
+        channel.write_timings(settings.out_dir, nodes.timings)
         own = ", ".join(f"client {x['client']} {100 * x['accuracy']:.1f}%" for x in records if x["test_set"] == "own")
         log(INFO, "round %d/%d in %.1f s: own test accuracy %s", r, exp.train.rounds, time.monotonic() - began[0], own)
         began[0] = time.monotonic()
 
-    transport = flower_transport(nodes, connected.examples, {n: tuple(p.shape[1:]) for n, p in initial.items()}, config)
+    transport = flower_transport(nodes, connected.examples, {n: tuple(p.shape[1:]) for n, p in initial.items()}, config,
+                                 schedule, settings.train_ahead)
     rounds.train(registry.build(exp.strategy, exp.setup), transport, initial, schedule, on_round)
 
 

@@ -1,5 +1,13 @@
 """The Flower transport of the round loop: a round's local training and evaluation as messages to
-the clients' SuperNodes, their replies checked (replies.py) before anything uses them."""
+the clients' SuperNodes, their replies checked (replies.py) before anything uses them.
+
+Each message costs a SuperNode's poll of the SuperLink (every 3 s in Flower 1.41), so the
+evaluation of round r goes out together with the training of round r+1 when the next round's
+clients would start from the evaluated model (a global model, as FedAvg's): the node scores the
+model, trains from it, and answers both. Round r+1 uses that training only if its start is
+exactly the evaluated model and its step plain; otherwise it is sent again, and the transport
+stops training ahead for the rest of the run. One message a round instead of two.
+"""
 
 import time
 from dataclasses import dataclass, field
@@ -12,7 +20,7 @@ from flwr.serverapp import Grid
 
 from fedbridge import rounds
 from fedbridge.engines.flower.arrays import from_record, to_record
-from fedbridge.engines.flower.replies import Expected, evaluate_expected, reply_problem, train_expected
+from fedbridge.engines.flower.replies import Expected, evaluate_expected, reply_problem, together, train_expected
 from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.local import GradientAdjust
 from fedbridge.optim import Params
@@ -32,15 +40,19 @@ class Nodes:
     minimum: int
     # every client left out of a round's step: {"round", "step", "client" (from 1), "reason"}
     left_out: list[dict] = field(default_factory=list)
+    # every step's wall time and where each node's time went: {"round", "step", "seconds", "nodes"}
+    timings: list[dict] = field(default_factory=list)
 
     def exchange(self, what: str, messages: dict[int, Message], group: int | None = None,
                  name=lambda client: f"client {client + 1}",
-                 expected: dict[int, Expected] | None = None) -> dict[int, Message]:
+                 expected: dict[int, Expected] | None = None, answered: int = 0) -> dict[int, Message]:
         """Send one message per client and collect the replies that come within the timeout and are
         as `expected` (if given): a rejected reply counts as no answer.
 
-        Raises when fewer than the minimum answer; the clients left out are logged by `name`."""
-        pushed = list(self.grid.push_messages(messages.values()))
+        Raises when fewer than the minimum answer (counting `answered` clients whose answer came
+        before, with an earlier message); the clients left out are logged by `name`."""
+        began = time.monotonic()
+        pushed = list(self.grid.push_messages(messages.values())) if messages else []
         pending = dict(zip(pushed, messages))
         replies: dict[int, Message] = {}
         failed: dict[int, str] = {}
@@ -58,6 +70,8 @@ class Nodes:
                     log(WARNING, "%s failed in %s: %s", name(client), what, failed[client])
             if pending:
                 time.sleep(POLL_SECONDS)
+        self.timings.append({"round": group, "step": what, "seconds": time.monotonic() - began,
+                             "nodes": timing(replies)})
         where = f"round {group}, {what}" if group else what
         silent = ", ".join(name(c) for c in sorted(pending.values()))
         if silent:
@@ -65,11 +79,11 @@ class Nodes:
         if group:  # a round's step, so the keys are clients (numbered from 1 for people, as in metrics.jsonl)
             why = {**failed, **{c: f"no answer within {self.timeout:.0f} s" for c in pending.values()}}
             self.left_out.extend({"round": group, "step": what, "client": c + 1, "reason": why[c]} for c in sorted(why))
-        needed = min(self.minimum, len(messages))
-        if len(replies) < needed:
+        needed = min(self.minimum, len(messages) + answered)
+        if len(replies) + answered < needed:
             errors = "".join(f"; {name(c)} failed: {reason}" for c, reason in sorted(failed.items()))
             raise FedbridgeError(
-                f"{where}: only {len(replies)} of {len(messages)} nodes answered within {self.timeout:.0f} s "
+                f"{where}: only {len(replies) + answered} of {len(messages) + answered} nodes answered within {self.timeout:.0f} s "
                 f"(minimum {needed}), so the run stopped{errors}" + (f"; no answer from {silent}" if silent else "")
                 + ". Check those SuperNodes (their logs), or lower --min-nodes / raise --round-timeout"
             )
@@ -81,9 +95,44 @@ def message(content: dict, node: int, kind: str, group: int | None = None) -> Me
                    group_id=str(group) if group else None)
 
 
+def timing(replies: dict[int, Message]) -> dict[int, dict[str, float]]:
+    """Where each node's time went (client_app.py's `seconds-*` metrics), by client."""
+    return {c: {k: v for k, v in r.content.metric_records.get("metrics", {}).items() if k.startswith("seconds-")}
+            for c, r in replies.items()}
+
+
+@dataclass
+class Ahead:
+    """Round r+1's training, done by the nodes with round r's evaluation: from which model, and the replies."""
+
+    round: int
+    start: Params
+    replies: dict[int, Message]
+
+    def usable(self, round_: int, start: Params, k: int) -> bool:
+        return round_ == self.round and all(torch.equal(start[n][k], p[0]) for n, p in self.start.items())
+
+
 def flower_transport(nodes: Nodes, examples: dict[int, int], shapes: dict[str, tuple[int, ...]],
-                     config: ConfigRecord) -> rounds.Transport:
-    """`examples`: each client's training samples, as it said at connect; `shapes`: the model's."""
+                     config: ConfigRecord, schedule: rounds.Schedule, ahead: bool = True) -> rounds.Transport:
+    """`examples`: each client's training samples, as it said at connect; `shapes`: the model's;
+    `schedule`: the run's, to know the next round's clients; `ahead`: train with the evaluation."""
+    trained_ahead: list[Ahead] = []  # at most one: the next round's
+    training_ahead = [ahead]
+
+    def train_message(client: int, start: Params, round_: int, extra: dict) -> Message:
+        content = {"arrays": to_record(start), "config": ConfigRecord({**config, "round": round_, **extra})}
+        return message(content, nodes.node_of[client], "train", round_)
+
+    def updates(replies: dict[int, Message]) -> ClientUpdates:
+        answered = sorted(replies)
+        trained = [from_record(replies[c].content["arrays"]) for c in answered]
+        metrics = [replies[c].content["metrics"] for c in answered]
+        return ClientUpdates(
+            torch.tensor(answered), torch.tensor([float(m["num-examples"]) for m in metrics]),
+            {n: torch.cat([t[n] for t in trained]) for n in trained[0]},
+            torch.tensor([float(m["steps"]) for m in metrics]), torch.tensor([float(m["loss"]) for m in metrics]),
+        )
 
     def local(round_: int, ids: torch.Tensor, stream: int) -> LocalTrain:
         def train(start: Params, adjust: GradientAdjust | None = None, epochs: int | None = None,
@@ -91,20 +140,20 @@ def flower_transport(nodes: Nodes, examples: dict[int, int], shapes: dict[str, t
             if adjust is not None or epochs or copy or stream != rounds.STREAM_BATCHES:
                 # deployable() refuses such strategies before the run; a hand-written one may still ask
                 raise ConfigError("this strategy needs client-side steps the Flower ClientApp does not run yet")
-            round_config = ConfigRecord({**config, "round": round_})
+            clients = ids.tolist()
+            done = trained_ahead.pop() if trained_ahead else None
+            ready = {c: done.replies[c] for k, c in enumerate(clients)
+                     if done and c in done.replies and done.usable(round_, start, k)}
+            if done and len(ready) < len(clients):
+                log(WARNING, "round %d started from another model than the one evaluated: training again, and no "
+                    "longer with the evaluation", round_)
+                training_ahead[0] = False
+                ready = {}
             replies = nodes.exchange("train", {
-                client: message({"arrays": to_record({n: p[k : k + 1] for n, p in start.items()}),
-                                 "config": round_config}, nodes.node_of[client], "train", round_)
-                for k, client in enumerate(ids.tolist())
-            }, round_, expected={c: train_expected(shapes, c, examples[c]) for c in ids.tolist()})
-            answered = sorted(replies)
-            trained = [from_record(replies[c].content["arrays"]) for c in answered]
-            metrics = [replies[c].content["metrics"] for c in answered]
-            return ClientUpdates(
-                torch.tensor(answered), torch.tensor([float(m["num-examples"]) for m in metrics]),
-                {n: torch.cat([t[n] for t in trained]) for n in trained[0]},
-                torch.tensor([float(m["steps"]) for m in metrics]), torch.tensor([float(m["loss"]) for m in metrics]),
-            )
+                c: train_message(c, {n: p[k : k + 1] for n, p in start.items()}, round_, {})
+                for k, c in enumerate(clients) if c not in ready
+            }, round_, expected={c: train_expected(shapes, c, examples[c]) for c in clients}, answered=len(ready))
+            return updates({**ready, **replies})
 
         return train
 
@@ -112,12 +161,21 @@ def flower_transport(nodes: Nodes, examples: dict[int, int], shapes: dict[str, t
         """Each node scores its model (the global one, or its own row) on its own and the clean test
         data. With one global model, client c's model on client t's test data is what t measured."""
         one = next(iter(params.values())).shape[0] == 1
+        after = rounds.sample_clients(len(examples), schedule.fraction, schedule.seed, round_ + 1).tolist() \
+            if one and training_ahead[0] and round_ < schedule.rounds else []
         round_config = ConfigRecord({**config, "round": round_})
-        replies = nodes.exchange("evaluate", {
-            client: message({"arrays": to_record(params if one else {n: p[client : client + 1] for n, p in params.items()}),
-                             "config": round_config}, node, "evaluate", round_)
-            for client, node in nodes.node_of.items()
-        }, round_, expected={c: evaluate_expected(c) for c in nodes.node_of})
+        messages = {}
+        for client, node in nodes.node_of.items():
+            model = params if one else {n: p[client : client + 1] for n, p in params.items()}
+            if client in after:  # scored at round_, then trained for round_ + 1
+                messages[client] = train_message(client, model, round_ + 1, {"evaluate-round": round_})
+            else:
+                messages[client] = message({"arrays": to_record(model), "config": round_config}, node, "evaluate", round_)
+        expected = {c: together(train_expected(shapes, c, examples[c]), evaluate_expected(c)) if c in after
+                    else evaluate_expected(c) for c in nodes.node_of}
+        replies = nodes.exchange("evaluate", messages, round_, expected=expected)
+        if after:
+            trained_ahead.append(Ahead(round_ + 1, params, {c: r for c, r in replies.items() if c in after}))
         scores = {c: dict(replies[c].content["metrics"]) for c in sorted(replies)}
         out = []
         for target, score in scores.items():
