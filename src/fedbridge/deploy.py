@@ -44,9 +44,10 @@ class Faults:
             raise ConfigError(f"--{problem}")
 
 
-def flower_train(cluster: Cluster, faults: Faults, left_out: list[dict] | None = None):
+def flower_train(cluster: Cluster, faults: Faults, left_out: list[dict] | None = None, train_ahead: bool = True):
     """A `train` for study.run_study: the strategy through the cluster, the baselines in process.
-    Each client a run left out of a round is added to `left_out`, with the run's seed and method."""
+    Each client a run left out of a round is added to `left_out`, with the run's seed and method;
+    `train_ahead`: the App's run config of that name (benchmarks.deploy's "before" turns it off)."""
 
     def train(method: Method, federation: Federation, exp: Experiment, seed: int,
               on_round: OnRound = lambda r, records, diagnostics, state: None, resume=None) -> Params:
@@ -61,7 +62,7 @@ def flower_train(cluster: Cluster, faults: Faults, left_out: list[dict] | None =
         run_config.write_text(tomli_w.dumps({
             "config": str(out / "config.toml"), "seed": seed, "out-dir": str(out),
             "round-timeout": faults.round_timeout, "min-nodes": faults.min_nodes,
-            "connect-timeout": faults.connect_timeout,
+            "connect-timeout": faults.connect_timeout, "train-ahead": train_ahead,
         }))
         run_id = submit(cluster, run_config)
         # a round may take a connect, a train and an evaluate step at their timeouts, plus start-up

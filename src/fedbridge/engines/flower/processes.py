@@ -96,14 +96,16 @@ def superlink_command(port: int, security: Security, simulation: bool = False) -
 
 
 def supernode_command(address: str, partition: int, security: Security, data_dir: Path | None,
-                      private_key: Path | None, data_folder: Path | None = None, port: int | None = None) -> list[str]:
+                      private_key: Path | None, data_folder: Path | None = None, port: int | None = None,
+                      warm: bool = True) -> list[str]:
     """A SuperNode whose ClientApps run in a process of their own (`--isolation process`): warm.py's,
-    started next to it on the Runtime API `port`, instead of a new process per message."""
+    started next to it on the Runtime API `port`, instead of a new process per message (Flower's
+    own SuperExec, without `warm`)."""
     # string values in --node-config need TOML's double quotes
     config = f"partition-id={partition}" + (f' data-dir="{data_dir}"' if data_dir else "")
     config += f' data-folder="{data_folder}"' if data_folder else ""
-    command = ["flower-supernode", "--superlink", address, "--port", str(port or free_port()), "--node-config", config,
-               "--isolation", "process"]
+    command = ["flower-supernode", "--superlink", address, "--port", str(port or free_port()), "--node-config", config]
+    command += ["--isolation", "process"] if warm else []
     command += ["--insecure"] if security.ca_cert is None else ["--root-certificates", str(security.ca_cert)]
     if private_key is not None:
         command += ["--auth-supernode-private-key", str(private_key)]
@@ -117,15 +119,16 @@ def warm_command(port: int, node: subprocess.Popen) -> list[str]:
 
 
 def start_node(address: str, partition: int, security: Security, data_dir: Path | None, data_folder: Path | None,
-               workdir: Path, env: dict[str, str], threads: int) -> tuple[subprocess.Popen, subprocess.Popen]:
-    """SuperNode `partition` and its ClientApp process, both logging to supernode-I.log. The nodes of
+               workdir: Path, env: dict[str, str], threads: int, warm: bool = True) -> list[subprocess.Popen]:
+    """SuperNode `partition` and its ClientApp process (with `warm`), logging to supernode-I.log. The nodes of
     one machine share its cores: `threads` each, as OpenMP threads of processes that outnumber the
     cores stall on each other's barriers (a node's epoch measured 20x slower at 2 threads each)."""
     key = security.node_keys[partition] if security.node_keys else None
     port = free_port()
     log = workdir / f"supernode-{partition}.log"
-    node = start(supernode_command(address, partition, security, data_dir, key, data_folder, port), log, env)
-    return node, start(warm_command(port, node), log, {**env, "OMP_NUM_THREADS": str(threads)})
+    env = {**env, "OMP_NUM_THREADS": str(threads)}
+    node = start(supernode_command(address, partition, security, data_dir, key, data_folder, port, warm), log, env)
+    return [node, start(warm_command(port, node), log, env)] if warm else [node]
 
 
 def write_connection(env: dict[str, str], address: str, security: Security) -> None:
@@ -189,11 +192,12 @@ def stop(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
 
 @contextmanager
 def cluster(nodes: int, workdir: Path, security: Security = Security(), data_dir: Path | None = None,
-            simulation: bool = False, data_folders: list[Path] | None = None):
+            simulation: bool = False, data_folders: list[Path] | None = None, warm: bool = True):
     """A running SuperLink with `nodes` SuperNodes (partition-id 0..nodes-1); all stopped on exit,
     also on Ctrl-C, SIGTERM or an error. With `simulation` (and no nodes), the SuperLink runs
     Flower's simulation runtime instead: `flwr run --federation-config num-supernodes=N`.
-    `data_folders[i]`: node i's own data (see client_app.FOLDER_FILES) instead of its share of the dataset."""
+    `data_folders[i]`: node i's own data (see client_app.FOLDER_FILES) instead of its share of the dataset.
+    Without `warm`, Flower's own SuperExec starts a ClientApp process per message (benchmarks.deploy's "before")."""
     # SIGTERM ends the deployment as Ctrl-C does, through the cleanup below
     main_thread = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
@@ -214,11 +218,11 @@ def cluster(nodes: int, workdir: Path, security: Security = Security(), data_dir
             register(env, key)
         children, workers = [], []
         for i in range(nodes):
-            node, worker = start_node(address, i, security, data_dir, data_folders[i] if data_folders else None,
-                                      workdir, env, max(1, (os.cpu_count() or 1) // nodes))
-            started += [node, worker]
+            node, *worker = start_node(address, i, security, data_dir, data_folders[i] if data_folders else None,
+                                       workdir, env, max(1, (os.cpu_count() or 1) // nodes), warm)
+            started += [node, *worker]
             children.append(node)
-            workers.append(worker)
+            workers += worker
         yield Cluster(address, workdir, env, superlink, children, workers)
     finally:
         for sig in previous:  # a second Ctrl-C must not cut the cleanup short

@@ -27,7 +27,7 @@ from fedbridge.optim import Params
 from fedbridge.strategies.api import ClientUpdates, LocalTrain
 
 # how often the server asks the SuperLink for replies; Grid.send_and_receive waits 3 s between asks
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.1
 
 
 @dataclass
