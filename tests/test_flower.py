@@ -159,7 +159,7 @@ def test_flwr_run_on_flowers_simulation_runtime(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--nodes", "3"], "use --nodes 2"),
-    (["--set", "strategy.name=fedprox"], "'fedprox' needs client-side steps"),
+    (["--set", "strategy.name=scaffold", "--set", "train.optimizer=\"sgd\""], "'scaffold' needs client-side steps"),
     (["--set", "strategy.name=fedper"], "'fedper' needs client-side steps or per-client models"),
     (["--round-timeout", "nan"], "--round-timeout nan must be a finite number of seconds >= 1"),
     (["--round-timeout", "inf"], "--round-timeout inf must be a finite number of seconds >= 1"),

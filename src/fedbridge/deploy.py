@@ -16,7 +16,8 @@ from rich.console import Console
 
 from fedbridge import lock
 from fedbridge.engines import simulation
-from fedbridge.engines.flower import certificates
+from fedbridge.engines.flower import certificates as throwaway
+from fedbridge.engines.flower import channel, hosts
 from fedbridge.engines.flower.processes import Cluster, Security, cluster
 from fedbridge.engines.flower.server_app import deployable, limits_problem
 from fedbridge.engines.flower.submit import follow, submit
@@ -24,7 +25,7 @@ from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.experiment import Experiment, Method, Role
 from fedbridge.federation import Federation
 from fedbridge.optim import Params
-from fedbridge.results import create_run_dir, write_summary
+from fedbridge.results import CHECKPOINT, create_run_dir, write_summary
 from fedbridge.resume import resolved_config
 from fedbridge.rounds import OnRound
 from fedbridge.study import run_study
@@ -53,17 +54,19 @@ def flower_train(cluster: Cluster, faults: Faults, left_out: list[dict] | None =
               on_round: OnRound = lambda r, records, diagnostics, state: None, resume=None) -> Params:
         if method.role is not Role.FEDERATED or method.name != exp.strategy.name:
             return simulation.train(method, federation, exp, seed, on_round, **({"resume": resume} if resume else {}))
-        if resume is not None:
-            raise FedbridgeError("a deployed run cannot be resumed; start it again with `fedbridge deploy`")
         out = cluster.workdir / f"seed{seed}-{method.name}"
         out.mkdir(parents=True)
         (out / "config.toml").write_text(tomli_w.dumps(resolved_config(exp)))
         run_config = out / "run-config.toml"
-        run_config.write_text(tomli_w.dumps({
+        settings = {
             "config": str(out / "config.toml"), "seed": seed, "out-dir": str(out),
             "round-timeout": faults.round_timeout, "min-nodes": faults.min_nodes,
             "connect-timeout": faults.connect_timeout, "train-ahead": train_ahead,
-        }))
+        }
+        if resume is not None:  # the ServerApp continues after round r from the study's checkpoint
+            channel.write_resume(out, *resume)
+            settings["resume"] = str(out / channel.RESUME)
+        run_config.write_text(tomli_w.dumps(settings))
         run_id = submit(cluster, run_config)
         # a round may take a connect, a train and an evaluate step at their timeouts, plus start-up
         patience = faults.connect_timeout + 2 * faults.round_timeout + 120
@@ -76,35 +79,56 @@ def flower_train(cluster: Cluster, faults: Faults, left_out: list[dict] | None =
 
 
 def deploy_study(exp: Experiment, out: Path, data_dir: Path | None, console: Console, nodes: int,
-                 tls: bool = False, faults: Faults = Faults()) -> dict:
+                 tls: bool = False, faults: Faults = Faults(), resume: bool = False,
+                 superlink: str | None = None, certificates: Path | None = None) -> dict:
     """Start a SuperLink and one SuperNode per client on loopback, run the study through them, stop them.
 
     The summary is `fedbridge run`'s plus `left_out`: every client missing from a round's step, with
-    why; they are printed too, as a run that went on without a client still exits 0."""
+    why; they are printed too, as a run that went on without a client still exits 0. With `resume`,
+    `out` is an interrupted deployment: its finished rounds are kept and the rest run on a new cluster
+    (the clients left out before the interruption are not listed again). With `superlink`, the
+    strategy runs on that SuperLink's SuperNodes instead (other machines: hosts.py), trusting the
+    ca.crt in `certificates`."""
     deployable(exp)
-    if nodes != exp.n_clients:
+    if superlink is None and nodes != exp.n_clients:
         raise ConfigError(f"--nodes {nodes}: the experiment has {exp.n_clients} clients and each runs on its own "
                           f"SuperNode; use --nodes {exp.n_clients}")
     if faults.min_nodes > nodes:
         raise ConfigError(f"--min-nodes {faults.min_nodes} is more than the {nodes} nodes; "
                           f"use at most --min-nodes {nodes}")
+    if superlink is not None:  # unreachable, or a certificate that does not fit: before the run directory
+        hosts.check(superlink, certificates)
     # an existing run is refused, and a second writer, before any Flower process or temp folder exists;
     # the study takes the lock again inside, at no cost
-    create_run_dir(out)
-    with lock.hold(out, "deploy again into another --out"):
+    if not resume:
+        create_run_dir(out)
+    with lock.hold(out, f"continue it with: fedbridge deploy --resume {out}"):
         workdir = Path(tempfile.mkdtemp(prefix="fedbridge-deploy-"))
-        security = certificates.make(workdir / "certificates", nodes) if tls else Security()
         failed = False
         left_out: list[dict] = []
         try:
-            with cluster(nodes, workdir, security, data_dir) as running:
+            if superlink is None:
+                security = throwaway.make(workdir / "certificates", nodes) if tls else Security()
+                running_cluster = cluster(nodes, workdir, security, data_dir)
+            else:
+                running_cluster = hosts.remote(superlink, certificates, workdir)
+            with running_cluster as running:
                 summary = run_study(exp, out, data_dir, console, train=flower_train(running, faults, left_out),
-                                engine="flower")
+                                    engine="flower", resume=resume)
             for line in left_out_lines(left_out):
                 console.print(f"[yellow]warning:[/yellow] {line}")
             summary["left_out"] = left_out
             write_summary(out, summary)
             return summary
+        except FedbridgeError as e:
+            failed = True
+            console.print(f"the SuperLink's and SuperNodes' logs are kept in {workdir}")
+            if (out / CHECKPOINT).exists():  # some round finished: the rest can follow on a new cluster
+                resumable = FedbridgeError(f"{e}\nthe finished rounds are kept; to continue from the last one: "
+                                           f"fedbridge deploy --resume {out}")
+                resumable.exit_code = e.exit_code
+                raise resumable from None
+            raise
         except Exception:
             failed = True
             console.print(f"the SuperLink's and SuperNodes' logs are kept in {workdir}")

@@ -18,6 +18,7 @@ from fedbridge.strategies.api import ServerState
 END = "end.json"
 CONNECTED = "connected"
 TIMINGS = "timings.json"
+RESUME = "resume.pt"  # the state a resumed run continues from (written by `fedbridge deploy --resume`)
 
 
 def write_connected(out: Path) -> None:
@@ -33,6 +34,15 @@ def write_round(out: Path, round_: int, records: list[dict], diagnostics: list[d
     saved = {"params": state.params, "extra": state.extra}
     atomic_write(out / f"round-{round_:04d}.pt", lambda tmp: torch.save(saved, tmp))
     atomic_write(out / f"round-{round_:04d}.json", json.dumps({"metrics": records, "diagnostics": diagnostics}))
+
+
+def write_resume(out: Path, round_: int, state: ServerState) -> None:
+    atomic_write(out / RESUME, lambda tmp: torch.save({"round": round_, "params": state.params, "extra": state.extra}, tmp))
+
+
+def read_resume(path: Path) -> tuple[int, ServerState]:
+    saved = torch.load(path, weights_only=True)
+    return int(saved["round"]), ServerState(saved["params"], saved["extra"])
 
 
 def write_timings(out: Path, timings: list[dict]) -> None:

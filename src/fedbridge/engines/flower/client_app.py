@@ -26,9 +26,12 @@ from fedbridge.errors import ConfigError, DataError
 from fedbridge.experiment import IID, ClientGroup, Experiment
 from fedbridge.federation import Client, Federation, build_federation
 from fedbridge.files import atomic_write
-from fedbridge.local import client_generator, evaluate, local_update
+from fedbridge.local import GradientAdjust, client_generator, evaluate, local_update
 from fedbridge.models import build_model
+from fedbridge.optim import Params
 from fedbridge.rounds import STREAM_BATCHES, recipe
+from fedbridge.strategies import registry
+from fedbridge.strategies.api import ClientUpdates, ServerState
 
 app = ClientApp()
 
@@ -180,10 +183,19 @@ def train(message: Message, context: Context) -> Message:
         metrics = scores(model, start, federation, client)
         timed("evaluate", seconds, began)
     began = time.perf_counter()
-    result = local_update(
-        model, start, federation.train_images, federation.train_labels,
-        [client.train_rows], recipe(exp), [client_generator(seed, STREAM_BATCHES, round_, client.index)],
-    )
+    generator = client_generator(seed, STREAM_BATCHES, round_, client.index)
+
+    def local(params: Params, adjust: GradientAdjust | None = None) -> ClientUpdates:
+        result = local_update(model, params, federation.train_images, federation.train_labels, [client.train_rows],
+                              recipe(exp), [generator], adjust)
+        return ClientUpdates(torch.tensor([client.index]), torch.tensor([float(len(client.train_rows))]),
+                             result.params, result.steps, result.loss)
+
+    spec = registry.spec(exp.strategy)
+    # a strategy whose step runs here (FedProx) takes it as in the simulation, from a state that
+    # holds only the received model; any other strategy's clients train plainly
+    result = registry.build(exp.strategy, exp.setup).local(ServerState(start), torch.tensor([client.index]), local) \
+        if spec.on_node else local(start)
     timed("train", seconds, began)
     metrics.update({
         "partition-id": client.index, "num-examples": len(client.train_rows),

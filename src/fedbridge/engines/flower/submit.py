@@ -12,7 +12,9 @@ from fedbridge.optim import Params
 from fedbridge.rounds import OnRound
 
 APP = Path(__file__).parent / "app"
-CHECK_SECONDS = 15.0  # how often to ask Flower whether the run is still going
+# how often to ask Flower whether the run is still going: `flwr ls` is a process of its own that
+# takes a core for about a second, which on a small machine the nodes' training would miss
+CHECK_SECONDS = 30.0
 
 
 def submit(cluster: Cluster, run_config: Path) -> int:

@@ -20,7 +20,9 @@ from flwr.serverapp import Grid
 
 from fedbridge import rounds
 from fedbridge.engines.flower.arrays import from_record, to_record
-from fedbridge.engines.flower.replies import Expected, evaluate_expected, reply_problem, together, train_expected
+from fedbridge.engines.flower.replies import (
+    Expected, described, evaluate_expected, reply_problem, together, train_expected,
+)
 from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.local import GradientAdjust
 from fedbridge.optim import Params
@@ -42,6 +44,37 @@ class Nodes:
     left_out: list[dict] = field(default_factory=list)
     # every step's wall time and where each node's time went: {"round", "step", "seconds", "nodes"}
     timings: list[dict] = field(default_factory=list)
+    # how to ask a node which client it is, and each client's sample count, for rejoin()
+    describe: ConfigRecord | None = None
+    examples: dict[int, int] = field(default_factory=dict)
+    strangers: set[int] = field(default_factory=set)  # nodes that said they are no client of this run
+
+    def rejoin(self) -> None:
+        """Let SuperNodes that connected since the last step (one restarted after a crash gets a new
+        node id) take over their client: each says which client it is, as at connect, and that
+        client's messages go to it from now on. One that does not answer in time is asked again."""
+        known = set(self.node_of.values()) | self.strangers
+        new = [n for n in self.grid.get_node_ids() if n not in known]
+        if self.describe is None or not new:
+            return
+        pending = dict(zip(self.grid.push_messages([message({"config": self.describe}, n, "query") for n in new]), new))
+        deadline = time.monotonic() + self.timeout
+        while pending and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(pending)):
+                node = pending.pop(reply.metadata.reply_to_message_id)
+                try:
+                    client, examples, _, _ = described(reply.content, len(self.examples))
+                except FedbridgeError as e:
+                    client, examples = -1, str(e)
+                if reply.has_error() or self.examples.get(client) != examples:
+                    log(WARNING, "SuperNode %d connected, but is no client of this run (%s)", node,
+                        reply.error.reason if reply.has_error() else f"partition-id {client}, {examples} samples")
+                    self.strangers.add(node)
+                else:
+                    log(WARNING, "client %d is back on SuperNode %d", client + 1, node)
+                    self.node_of[client] = node
+            if pending:
+                time.sleep(POLL_SECONDS)
 
     def exchange(self, what: str, messages: dict[int, Message], group: int | None = None,
                  name=lambda client: f"client {client + 1}",
@@ -114,9 +147,12 @@ class Ahead:
 
 
 def flower_transport(nodes: Nodes, examples: dict[int, int], shapes: dict[str, tuple[int, ...]],
-                     config: ConfigRecord, schedule: rounds.Schedule, ahead: bool = True) -> rounds.Transport:
+                     config: ConfigRecord, schedule: rounds.Schedule, ahead: bool = True,
+                     on_node: bool = False) -> rounds.Transport:
     """`examples`: each client's training samples, as it said at connect; `shapes`: the model's;
-    `schedule`: the run's, to know the next round's clients; `ahead`: train with the evaluation."""
+    `schedule`: the run's, to know the next round's clients; `ahead`: train with the evaluation;
+    `on_node`: the nodes run the strategy's own local step (StrategySpec.on_node), gradient
+    adjustment included, so the one the strategy asks for here is the one they make."""
     trained_ahead: list[Ahead] = []  # at most one: the next round's
     training_ahead = [ahead]
 
@@ -137,14 +173,15 @@ def flower_transport(nodes: Nodes, examples: dict[int, int], shapes: dict[str, t
     def local(round_: int, ids: torch.Tensor, stream: int) -> LocalTrain:
         def train(start: Params, adjust: GradientAdjust | None = None, epochs: int | None = None,
                   copy: int = 0) -> ClientUpdates:
-            if adjust is not None or epochs or copy or stream != rounds.STREAM_BATCHES:
+            if adjust is not None and not on_node or epochs or copy or stream != rounds.STREAM_BATCHES:
                 # deployable() refuses such strategies before the run; a hand-written one may still ask
                 raise ConfigError("this strategy needs client-side steps the Flower ClientApp does not run yet")
+            nodes.rejoin()
             clients = ids.tolist()
             done = trained_ahead.pop() if trained_ahead else None
-            ready = {c: done.replies[c] for k, c in enumerate(clients)
-                     if done and c in done.replies and done.usable(round_, start, k)}
-            if done and len(ready) < len(clients):
+            # a client whose node did not answer the evaluation is sent its training now
+            ready = {c: done.replies[c] for c in clients if c in done.replies} if done else {}
+            if done and not all(done.usable(round_, start, clients.index(c)) for c in ready):
                 log(WARNING, "round %d started from another model than the one evaluated: training again, and no "
                     "longer with the evaluation", round_)
                 training_ahead[0] = False
@@ -160,6 +197,7 @@ def flower_transport(nodes: Nodes, examples: dict[int, int], shapes: dict[str, t
     def evaluate(params: Params, round_: int, cross: bool) -> list[rounds.Score]:
         """Each node scores its model (the global one, or its own row) on its own and the clean test
         data. With one global model, client c's model on client t's test data is what t measured."""
+        nodes.rejoin()
         one = next(iter(params.values())).shape[0] == 1
         after = rounds.sample_clients(len(examples), schedule.fraction, schedule.seed, round_ + 1).tolist() \
             if one and training_ahead[0] and round_ < schedule.rounds else []
