@@ -223,10 +223,11 @@ def show(run_dir: Path, fmt: str) -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Sweep directory (default sweeps/NAME-HASH: the same command continues it).")
 @DATA_DIR
 @click.option("--quiet", is_flag=True, help="No progress and no table; print only the sweep directory.")
+@click.option("--ray", "ray_address", metavar="HOST:PORT", help="Run the runs as tasks on this Ray cluster (its head's address) instead of --jobs.")
 @friendly
 def sweep(
     config: Path, grid: tuple[str, ...], seeds: int, jobs: int, overrides: tuple[str, ...], out: Path | None,
-    data_dir: Path | None, quiet: bool,
+    data_dir: Path | None, quiet: bool, ray_address: str | None,
 ) -> None:
     """Run CONFIG for every combination of --grid values and seed; summarise with 95% confidence intervals.
 
@@ -237,12 +238,18 @@ def sweep(
 
     plan = sweeps.plan(config, list(overrides), list(grid), seeds)
     sweeps.check_cells(plan, data_dir)
+    if ray_address is not None:  # a cluster that does not answer is named before the sweep directory exists
+        if jobs != 1:
+            raise ConfigError("--ray runs as many runs at once as the Ray cluster has CPUs; drop --jobs")
+        from fedbridge import ray_tasks
+
+        jobs = ray_tasks.connect(ray_address)
     out = out or sweeps.default_dir(plan)
     with sweeps.open_sweep_dir(out, plan):
         if not quiet:
             stderr.print(f"sweep directory: {out}", highlight=False)
         try:
-            sweeps.run_all(plan, out, jobs, data_dir, stderr, quiet)
+            sweeps.run_all(plan, out, jobs, data_dir, stderr, quiet, ray=ray_address is not None)
         except KeyboardInterrupt as e:
             stopped(e, "finished runs are kept: run the same command again to do only the rest")
         except WriteError as e:
