@@ -8,7 +8,7 @@ are the same as `fedbridge run`'s.
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
@@ -20,7 +20,7 @@ from fedbridge.engines.flower import certificates as throwaway
 from fedbridge.engines.flower import channel, hosts
 from fedbridge.engines.flower.processes import Cluster, Security, cluster
 from fedbridge.engines.flower.server_app import deployable, limits_problem
-from fedbridge.engines.flower.submit import follow, submit
+from fedbridge.engines.flower.submit import follow, stop_run, submit
 from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.experiment import Experiment, Method, Role
 from fedbridge.federation import Federation
@@ -45,37 +45,65 @@ class Faults:
             raise ConfigError(f"--{problem}")
 
 
-def flower_train(cluster: Cluster, faults: Faults, left_out: list[dict] | None = None, train_ahead: bool = True):
-    """A `train` for study.run_study: the strategy through the cluster, the baselines in process.
-    Each client a run left out of a round is added to `left_out`, with the run's seed and method;
-    `train_ahead`: the App's run config of that name (benchmarks.deploy's "before" turns it off)."""
+@dataclass
+class FlowerRuns:
+    """A `train` for study.run_study (`flower_train`): the strategy through the cluster, the
+    baselines in process. Each client a run left out of a round is added to `left_out`, with the
+    run's seed and method; `train_ahead`: the App's run config of that name (benchmarks.deploy's
+    "before" turns it off)."""
 
-    def train(method: Method, federation: Federation, exp: Experiment, seed: int,
-              on_round: OnRound = lambda r, records, diagnostics, state: None, resume=None) -> Params:
-        if method.role is not Role.FEDERATED or method.name != exp.strategy.name:
-            return simulation.train(method, federation, exp, seed, on_round, **({"resume": resume} if resume else {}))
-        out = cluster.workdir / f"seed{seed}-{method.name}"
+    cluster: Cluster
+    faults: Faults
+    left_out: list[dict] | None = None
+    train_ahead: bool = True
+    # runs submitted before the study asked for them (start_all): (seed, method) -> (run id, out-dir)
+    started: dict[tuple[int, str], tuple[int, Path]] = field(default_factory=dict)
+
+    def start(self, method: Method, exp: Experiment, seed: int, resume=None) -> tuple[int, Path]:
+        """Submit the strategy's run of `seed`; its run id and the folder its ServerApp writes."""
+        out = self.cluster.workdir / f"seed{seed}-{method.name}{'-resumed' if resume else ''}"
         out.mkdir(parents=True)
         (out / "config.toml").write_text(tomli_w.dumps(resolved_config(exp)))
         run_config = out / "run-config.toml"
         settings = {
             "config": str(out / "config.toml"), "seed": seed, "out-dir": str(out),
-            "round-timeout": faults.round_timeout, "min-nodes": faults.min_nodes,
-            "connect-timeout": faults.connect_timeout, "train-ahead": train_ahead,
+            "round-timeout": self.faults.round_timeout, "min-nodes": self.faults.min_nodes,
+            "connect-timeout": self.faults.connect_timeout, "train-ahead": self.train_ahead,
         }
         if resume is not None:  # the ServerApp continues after round r from the study's checkpoint
             channel.write_resume(out, *resume)
             settings["resume"] = str(out / channel.RESUME)
         run_config.write_text(tomli_w.dumps(settings))
-        run_id = submit(cluster, run_config)
+        return submit(self.cluster, run_config), out
+
+    def start_all(self, exp: Experiment) -> None:
+        """Submit every seed's strategy run now: the nodes work on them while the baselines train
+        in this process (a deployed round mostly waits on Flower's polling), and the study follows
+        each run when it gets to it."""
+        method = exp.method(exp.strategy.name)
+        for i in range(exp.seeds):
+            self.started[(exp.seed + i, method.name)] = self.start(method, exp, exp.seed + i)
+
+    def __call__(self, method: Method, federation: Federation, exp: Experiment, seed: int,
+                 on_round: OnRound = lambda r, records, diagnostics, state: None, resume=None) -> Params:
+        if method.role is not Role.FEDERATED or method.name != exp.strategy.name:
+            return simulation.train(method, federation, exp, seed, on_round, **({"resume": resume} if resume else {}))
+        early = self.started.pop((seed, method.name), None)
+        if early and (resume or (early[1] / "config.toml").read_text() != tomli_w.dumps(resolved_config(exp))):
+            stop_run(self.cluster, early[0])  # the study runs another experiment (its data fell back)
+            early = None
+        run_id, out = early or self.start(method, exp, seed, resume)
         # a round may take a connect, a train and an evaluate step at their timeouts, plus start-up
-        patience = faults.connect_timeout + 2 * faults.round_timeout + 120
-        params, missing = follow(cluster, run_id, out, on_round, patience)
-        if left_out is not None:
-            left_out.extend({"seed": seed, "method": method.name, **entry} for entry in missing)
+        patience = self.faults.connect_timeout + 2 * self.faults.round_timeout + 120
+        params, missing = follow(self.cluster, run_id, out, on_round, patience)
+        if self.left_out is not None:
+            self.left_out.extend({"seed": seed, "method": method.name, **entry} for entry in missing)
         return params
 
-    return train
+
+def flower_train(cluster: Cluster, faults: Faults, left_out: list[dict] | None = None,
+                 train_ahead: bool = True) -> FlowerRuns:
+    return FlowerRuns(cluster, faults, left_out, train_ahead)
 
 
 def deploy_study(exp: Experiment, out: Path, data_dir: Path | None, console: Console, nodes: int,
@@ -113,8 +141,10 @@ def deploy_study(exp: Experiment, out: Path, data_dir: Path | None, console: Con
             else:
                 running_cluster = hosts.remote(superlink, certificates, workdir)
             with running_cluster as running:
-                summary = run_study(exp, out, data_dir, console, train=flower_train(running, faults, left_out),
-                                    engine="flower", resume=resume)
+                train = flower_train(running, faults, left_out)
+                if not resume:  # a resumed study knows only inside which rounds are left
+                    train.start_all(exp)
+                summary = run_study(exp, out, data_dir, console, train=train, engine="flower", resume=resume)
             for line in left_out_lines(left_out):
                 console.print(f"[yellow]warning:[/yellow] {line}")
             summary["left_out"] = left_out

@@ -29,6 +29,11 @@ def submit(cluster: Cluster, run_config: Path) -> int:
     return int(answer["run-id"])
 
 
+def stop_run(cluster: Cluster, run_id: int) -> None:
+    """Ask the SuperLink to stop a run no one will follow."""
+    flwr(cluster.env, "stop", str(run_id), CONNECTION, timeout=60)
+
+
 def status(cluster: Cluster, run_id: int) -> str:
     """Flower's status of a run, e.g. "running" or "finished:failed"."""
     proc = flwr(cluster.env, "ls", CONNECTION, "--run-id", str(run_id), "--format", "json", timeout=60)
@@ -46,11 +51,11 @@ def follow(cluster: Cluster, run_id: int, out: Path, on_round: OnRound,
     done, params, last, checked = 0, None, time.monotonic(), time.monotonic()
     ended = None  # when Flower said the run finished, in case the ServerApp died before writing its end
     while True:
-        cluster.alive()
         end = channel.read_end(out)  # read before the rounds, which are all written by then
         for r in channel.read_rounds(out, done):
             on_round(r.number, r.records, r.diagnostics, r.state)
             done, params, last = r.number, r.state.params, time.monotonic()
+        cluster.alive()  # after the rounds: those written before the SuperLink died are kept
         if end is not None:
             if not end["ok"]:
                 kept = f"; rounds 1-{done} are kept in the run directory's metrics.jsonl" if done else ""
