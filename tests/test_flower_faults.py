@@ -67,10 +67,11 @@ def superlink_of(process: subprocess.Popen, deadline: float):
 
 
 def test_a_dead_superlink_stops_the_deployment_and_resume_finishes_it(tmp_path):
-    """The SuperLink is killed once round 2 is in metrics.jsonl: `fedbridge deploy` stops with a
-    message and the resume command; `fedbridge deploy --resume` ends with the simulation's weights."""
+    """The SuperLink is killed once round 2 is in metrics.jsonl (8 rounds, so that the run is still
+    going however late the study sees its rounds): `fedbridge deploy` stops with a message and the
+    resume command; `fedbridge deploy --resume` ends with the simulation's weights."""
     out = tmp_path / "run"
-    settings = [a for o in [*TINY, "train.rounds=4"] for a in ("--set", o)]
+    settings = [a for o in [*TINY, "train.rounds=8"] for a in ("--set", o)]
     proc = subprocess.Popen([sys.executable, "-m", "fedbridge.cli", "deploy", str(CONFIGS / "seed.toml"), *settings,
                              "--round-timeout", "60", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -91,7 +92,7 @@ def test_a_dead_superlink_stops_the_deployment_and_resume_finishes_it(tmp_path):
 
     resumed = invoke("deploy", "--resume", out, "--round-timeout", "60")
     assert resumed.exit_code == 0, resumed.output
-    exp, _ = load_experiment(CONFIGS / "seed.toml", [*TINY, "train.rounds=4"])
+    exp, _ = load_experiment(CONFIGS / "seed.toml", [*TINY, "train.rounds=8"])
     expected = simulation.train(exp.method("fedavg"), build_federation(load_dataset("digits"), exp, exp.seed), exp, 0)
     deployed = torch.load(out / "weights" / "seed0-fedavg.pt", weights_only=True)
     assert max((deployed[n] - expected[n]).abs().max().item() for n in expected) <= 1e-5
