@@ -184,8 +184,11 @@ def deploy(
     else:
         exp, out = _experiment(config, overrides, seeds, out, "-deploy")
     faults = Faults(round_timeout=round_timeout, min_nodes=min_nodes, connect_timeout=connect_timeout)
-    summary = deploy_study(exp, out, data_dir, stderr, nodes or exp.n_clients, tls, faults, resume is not None,
-                           superlink, certificates)
+    try:
+        summary = deploy_study(exp, out, data_dir, stderr, nodes or exp.n_clients, tls, faults, resume is not None,
+                               superlink, certificates)
+    except KeyboardInterrupt as e:
+        stopped(e, f"to continue from the last finished round: fedbridge deploy --resume {out}")
     render(summary, stdout)
     stdout.print(f"run directory: {out}")
 
