@@ -125,7 +125,7 @@ def run(
 
 
 @main.command()
-@click.argument("config", type=click.Path(path_type=Path))
+@click.argument("config", type=click.Path(path_type=Path), required=False)
 @click.option("--nodes", type=click.IntRange(min=1), help="SuperNodes to start, one per client (default: the config's clients).")
 @click.option("--tls", is_flag=True, help="Encrypt with a throw-away CA and authenticate every SuperNode by its key.")
 @SET
@@ -138,21 +138,57 @@ def run(
               help="Fewer answering nodes than this and the run stops, keeping the finished rounds.")
 @click.option("--connect-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="Seconds to wait for every client's SuperNode to connect before the run stops.")
+@click.option("--resume", type=click.Path(path_type=Path), metavar="RUN_DIR",
+              help="Continue an interrupted deployment from its last finished round, on a new cluster.")
+@click.option("--superlink", metavar="HOST:PORT", help="Run on this SuperLink's SuperNodes (other machines) instead of starting them here.")
+@click.option("--certificates", type=click.Path(path_type=Path, file_okay=False), metavar="FOLDER",
+              help="TLS and node keys (python -m fedbridge.engines.flower.certificates); without it, insecure.")
+@click.option("--serve-superlink", metavar="HOST:PORT", help="Only start a SuperLink here, listening on HOST:PORT, until Ctrl-C.")
+@click.option("--serve-supernode", metavar="SUPERLINK", help="Only start a SuperNode here for --partition-id, connecting to SUPERLINK (HOST:PORT).")
+@click.option("--partition-id", type=click.IntRange(min=0), help="With --serve-supernode: which client this node is (0 = client 1).")
+@click.option("--data-folder", type=click.Path(path_type=Path), help="With --serve-supernode: this node's own IDX files.")
 @friendly
 def deploy(
-    config: Path, nodes: int | None, tls: bool, overrides: tuple[str, ...], seeds: int | None, out: Path | None,
-    data_dir: Path | None, round_timeout: float, min_nodes: int, connect_timeout: float,
+    config: Path | None, nodes: int | None, tls: bool, overrides: tuple[str, ...], seeds: int | None, out: Path | None,
+    data_dir: Path | None, round_timeout: float, min_nodes: int, connect_timeout: float, resume: Path | None,
+    superlink: str | None, certificates: Path | None, serve_superlink: str | None, serve_supernode: str | None,
+    partition_id: int | None, data_folder: Path | None,
 ) -> None:
-    """Run the study in CONFIG on Flower: a SuperLink and a SuperNode per client on this machine."""
+    """Run the study in CONFIG on Flower: a SuperLink and a SuperNode per client on this machine
+    (or, with --superlink, on other machines; --serve-superlink and --serve-supernode start those)."""
     from fedbridge.report.table import render
+    from fedbridge.results import SUMMARY, load_run_experiment
 
     try:
         from fedbridge.deploy import Faults, deploy_study
+        from fedbridge.engines.flower import hosts
     except ImportError as e:
         raise FedbridgeError(f"deploy needs Flower ({e}); install it with: pip install -e '.[flower]'") from None
-    exp, out = _experiment(config, overrides, seeds, out, "-deploy")
+    if serve_superlink or serve_supernode:
+        if config or resume or superlink or (serve_superlink and serve_supernode):
+            raise ConfigError("--serve-superlink and --serve-supernode each start one piece of a deployment; "
+                              "give either one alone (with --certificates), without CONFIG, --resume or --superlink")
+        if serve_superlink:
+            return hosts.serve_superlink(serve_superlink, certificates, stderr)
+        if partition_id is None:
+            raise ConfigError("--serve-supernode needs --partition-id I: which client this node is (0 = client 1)")
+        return hosts.serve_supernode(serve_supernode, partition_id, certificates, data_folder, data_dir, stderr)
+    if resume is not None:
+        if config or overrides or seeds or out:
+            raise ConfigError("--resume RUN_DIR continues with the config saved in RUN_DIR; drop CONFIG, --set, --seeds and --out")
+        if (resume / SUMMARY).exists():
+            raise ConfigError(f"{resume} finished already; nothing to resume (`fedbridge show {resume}` prints its table)")
+        exp, out = load_run_experiment(resume), resume
+    elif config is None:
+        raise ConfigError("give a CONFIG file to deploy (see configs/), or --resume RUN_DIR to continue an interrupted one")
+    else:
+        exp, out = _experiment(config, overrides, seeds, out, "-deploy")
     faults = Faults(round_timeout=round_timeout, min_nodes=min_nodes, connect_timeout=connect_timeout)
-    summary = deploy_study(exp, out, data_dir, stderr, nodes or exp.n_clients, tls, faults)
+    try:
+        summary = deploy_study(exp, out, data_dir, stderr, nodes or exp.n_clients, tls, faults, resume is not None,
+                               superlink, certificates)
+    except KeyboardInterrupt as e:
+        stopped(e, f"to continue from the last finished round: fedbridge deploy --resume {out}")
     render(summary, stdout)
     stdout.print(f"run directory: {out}")
 
@@ -190,10 +226,11 @@ def show(run_dir: Path, fmt: str) -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Sweep directory (default sweeps/NAME-HASH: the same command continues it).")
 @DATA_DIR
 @click.option("--quiet", is_flag=True, help="No progress and no table; print only the sweep directory.")
+@click.option("--ray", "ray_address", metavar="HOST:PORT", help="Run the runs as tasks on this Ray cluster (its head's address) instead of --jobs.")
 @friendly
 def sweep(
     config: Path, grid: tuple[str, ...], seeds: int, jobs: int, overrides: tuple[str, ...], out: Path | None,
-    data_dir: Path | None, quiet: bool,
+    data_dir: Path | None, quiet: bool, ray_address: str | None,
 ) -> None:
     """Run CONFIG for every combination of --grid values and seed; summarise with 95% confidence intervals.
 
@@ -204,12 +241,18 @@ def sweep(
 
     plan = sweeps.plan(config, list(overrides), list(grid), seeds)
     sweeps.check_cells(plan, data_dir)
+    if ray_address is not None:  # a cluster that does not answer is named before the sweep directory exists
+        if jobs != 1:
+            raise ConfigError("--ray runs as many runs at once as the Ray cluster has CPUs; drop --jobs")
+        from fedbridge import ray_tasks
+
+        jobs = ray_tasks.connect(ray_address)
     out = out or sweeps.default_dir(plan)
     with sweeps.open_sweep_dir(out, plan):
         if not quiet:
             stderr.print(f"sweep directory: {out}", highlight=False)
         try:
-            sweeps.run_all(plan, out, jobs, data_dir, stderr, quiet)
+            sweeps.run_all(plan, out, jobs, data_dir, stderr, quiet, ray=ray_address is not None)
         except KeyboardInterrupt as e:
             stopped(e, "finished runs are kept: run the same command again to do only the rest")
         except WriteError as e:

@@ -8,7 +8,7 @@ are the same as `fedbridge run`'s.
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomli_w
@@ -16,15 +16,16 @@ from rich.console import Console
 
 from fedbridge import lock
 from fedbridge.engines import simulation
-from fedbridge.engines.flower import certificates
+from fedbridge.engines.flower import certificates as throwaway
+from fedbridge.engines.flower import channel, hosts
 from fedbridge.engines.flower.processes import Cluster, Security, cluster
 from fedbridge.engines.flower.server_app import deployable, limits_problem
-from fedbridge.engines.flower.submit import follow, submit
+from fedbridge.engines.flower.submit import follow, stop_run, submit
 from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.experiment import Experiment, Method, Role
 from fedbridge.federation import Federation
 from fedbridge.optim import Params
-from fedbridge.results import create_run_dir, write_summary
+from fedbridge.results import CHECKPOINT, create_run_dir, write_summary
 from fedbridge.resume import resolved_config
 from fedbridge.rounds import OnRound
 from fedbridge.study import run_study
@@ -44,66 +45,120 @@ class Faults:
             raise ConfigError(f"--{problem}")
 
 
-def flower_train(cluster: Cluster, faults: Faults, left_out: list[dict] | None = None):
-    """A `train` for study.run_study: the strategy through the cluster, the baselines in process.
-    Each client a run left out of a round is added to `left_out`, with the run's seed and method."""
+@dataclass
+class FlowerRuns:
+    """A `train` for study.run_study (`flower_train`): the strategy through the cluster, the
+    baselines in process. Each client a run left out of a round is added to `left_out`, with the
+    run's seed and method; `train_ahead`: the App's run config of that name (benchmarks.deploy's
+    "before" turns it off)."""
 
-    def train(method: Method, federation: Federation, exp: Experiment, seed: int,
-              on_round: OnRound = lambda r, records, diagnostics, state: None, resume=None) -> Params:
-        if method.role is not Role.FEDERATED or method.name != exp.strategy.name:
-            return simulation.train(method, federation, exp, seed, on_round, **({"resume": resume} if resume else {}))
-        if resume is not None:
-            raise FedbridgeError("a deployed run cannot be resumed; start it again with `fedbridge deploy`")
-        out = cluster.workdir / f"seed{seed}-{method.name}"
+    cluster: Cluster
+    faults: Faults
+    left_out: list[dict] | None = None
+    train_ahead: bool = True
+    # runs submitted before the study asked for them (start_all): (seed, method) -> (run id, out-dir)
+    started: dict[tuple[int, str], tuple[int, Path]] = field(default_factory=dict)
+
+    def start(self, method: Method, exp: Experiment, seed: int, resume=None) -> tuple[int, Path]:
+        """Submit the strategy's run of `seed`; its run id and the folder its ServerApp writes."""
+        out = self.cluster.workdir / f"seed{seed}-{method.name}{'-resumed' if resume else ''}"
         out.mkdir(parents=True)
         (out / "config.toml").write_text(tomli_w.dumps(resolved_config(exp)))
         run_config = out / "run-config.toml"
-        run_config.write_text(tomli_w.dumps({
+        settings = {
             "config": str(out / "config.toml"), "seed": seed, "out-dir": str(out),
-            "round-timeout": faults.round_timeout, "min-nodes": faults.min_nodes,
-            "connect-timeout": faults.connect_timeout,
-        }))
-        run_id = submit(cluster, run_config)
+            "round-timeout": self.faults.round_timeout, "min-nodes": self.faults.min_nodes,
+            "connect-timeout": self.faults.connect_timeout, "train-ahead": self.train_ahead,
+        }
+        if resume is not None:  # the ServerApp continues after round r from the study's checkpoint
+            channel.write_resume(out, *resume)
+            settings["resume"] = str(out / channel.RESUME)
+        run_config.write_text(tomli_w.dumps(settings))
+        return submit(self.cluster, run_config), out
+
+    def start_all(self, exp: Experiment) -> None:
+        """Submit every seed's strategy run now: the nodes work on them while the baselines train
+        in this process (a deployed round mostly waits on Flower's polling), and the study follows
+        each run when it gets to it."""
+        method = exp.method(exp.strategy.name)
+        for i in range(exp.seeds):
+            self.started[(exp.seed + i, method.name)] = self.start(method, exp, exp.seed + i)
+
+    def __call__(self, method: Method, federation: Federation, exp: Experiment, seed: int,
+                 on_round: OnRound = lambda r, records, diagnostics, state: None, resume=None) -> Params:
+        if method.role is not Role.FEDERATED or method.name != exp.strategy.name:
+            return simulation.train(method, federation, exp, seed, on_round, **({"resume": resume} if resume else {}))
+        early = self.started.pop((seed, method.name), None)
+        if early and (resume or (early[1] / "config.toml").read_text() != tomli_w.dumps(resolved_config(exp))):
+            stop_run(self.cluster, early[0])  # the study runs another experiment (its data fell back)
+            early = None
+        run_id, out = early or self.start(method, exp, seed, resume)
         # a round may take a connect, a train and an evaluate step at their timeouts, plus start-up
-        patience = faults.connect_timeout + 2 * faults.round_timeout + 120
-        params, missing = follow(cluster, run_id, out, on_round, patience)
-        if left_out is not None:
-            left_out.extend({"seed": seed, "method": method.name, **entry} for entry in missing)
+        patience = self.faults.connect_timeout + 2 * self.faults.round_timeout + 120
+        params, missing = follow(self.cluster, run_id, out, on_round, patience)
+        if self.left_out is not None:
+            self.left_out.extend({"seed": seed, "method": method.name, **entry} for entry in missing)
         return params
 
-    return train
+
+def flower_train(cluster: Cluster, faults: Faults, left_out: list[dict] | None = None,
+                 train_ahead: bool = True) -> FlowerRuns:
+    return FlowerRuns(cluster, faults, left_out, train_ahead)
 
 
 def deploy_study(exp: Experiment, out: Path, data_dir: Path | None, console: Console, nodes: int,
-                 tls: bool = False, faults: Faults = Faults()) -> dict:
+                 tls: bool = False, faults: Faults = Faults(), resume: bool = False,
+                 superlink: str | None = None, certificates: Path | None = None) -> dict:
     """Start a SuperLink and one SuperNode per client on loopback, run the study through them, stop them.
 
     The summary is `fedbridge run`'s plus `left_out`: every client missing from a round's step, with
-    why; they are printed too, as a run that went on without a client still exits 0."""
+    why; they are printed too, as a run that went on without a client still exits 0. With `resume`,
+    `out` is an interrupted deployment: its finished rounds are kept and the rest run on a new cluster
+    (the clients left out before the interruption are not listed again). With `superlink`, the
+    strategy runs on that SuperLink's SuperNodes instead (other machines: hosts.py), trusting the
+    ca.crt in `certificates`."""
     deployable(exp)
-    if nodes != exp.n_clients:
+    if superlink is None and nodes != exp.n_clients:
         raise ConfigError(f"--nodes {nodes}: the experiment has {exp.n_clients} clients and each runs on its own "
                           f"SuperNode; use --nodes {exp.n_clients}")
     if faults.min_nodes > nodes:
         raise ConfigError(f"--min-nodes {faults.min_nodes} is more than the {nodes} nodes; "
                           f"use at most --min-nodes {nodes}")
+    if superlink is not None:  # unreachable, or a certificate that does not fit: before the run directory
+        hosts.check(superlink, certificates)
     # an existing run is refused, and a second writer, before any Flower process or temp folder exists;
     # the study takes the lock again inside, at no cost
-    create_run_dir(out)
-    with lock.hold(out, "deploy again into another --out"):
+    if not resume:
+        create_run_dir(out)
+    with lock.hold(out, f"continue it with: fedbridge deploy --resume {out}"):
         workdir = Path(tempfile.mkdtemp(prefix="fedbridge-deploy-"))
-        security = certificates.make(workdir / "certificates", nodes) if tls else Security()
         failed = False
         left_out: list[dict] = []
         try:
-            with cluster(nodes, workdir, security, data_dir) as running:
-                summary = run_study(exp, out, data_dir, console, train=flower_train(running, faults, left_out),
-                                engine="flower")
+            if superlink is None:
+                security = throwaway.make(workdir / "certificates", nodes) if tls else Security()
+                running_cluster = cluster(nodes, workdir, security, data_dir)
+            else:
+                running_cluster = hosts.remote(superlink, certificates, workdir)
+            with running_cluster as running:
+                train = flower_train(running, faults, left_out)
+                if not resume:  # a resumed study knows only inside which rounds are left
+                    train.start_all(exp)
+                summary = run_study(exp, out, data_dir, console, train=train, engine="flower", resume=resume)
             for line in left_out_lines(left_out):
                 console.print(f"[yellow]warning:[/yellow] {line}")
             summary["left_out"] = left_out
             write_summary(out, summary)
             return summary
+        except FedbridgeError as e:
+            failed = True
+            console.print(f"the SuperLink's and SuperNodes' logs are kept in {workdir}")
+            if (out / CHECKPOINT).exists():  # some round finished: the rest can follow on a new cluster
+                resumable = FedbridgeError(f"{e}\nthe finished rounds are kept; to continue from the last one: "
+                                           f"fedbridge deploy --resume {out}")
+                resumable.exit_code = e.exit_code
+                raise resumable from None
+            raise
         except Exception:
             failed = True
             console.print(f"the SuperLink's and SuperNodes' logs are kept in {workdir}")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fedbridge import files, results
+from fedbridge import files, ray_tasks, results
 from fedbridge.bounds import check_fits
 from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.data.datasets import load_dataset
@@ -222,17 +222,21 @@ class _Runs:
 
 
 def run_all(
-    sweep: Sweep, out: Path, jobs: int, data_dir: Path | None, console: Console, quiet: bool = False
+    sweep: Sweep, out: Path, jobs: int, data_dir: Path | None, console: Console, quiet: bool = False,
+    ray: bool = False,
 ) -> None:
-    """Run every (cell, seed) that has no summary yet, `jobs` processes at a time."""
+    """Run every (cell, seed) that has no summary yet, `jobs` processes at a time; with `ray`, as
+    tasks on the Ray cluster this process joined (ray_tasks.connect, whose CPU count is `jobs`)."""
     todo = [(c, s) for c in sweep.cells for s in sweep.seeds if not (run_dir(out, c, s) / results.SUMMARY).exists()]
     total = len(sweep.cells) * len(sweep.seeds)
     with files.writing(out / LOGS):
         (out / LOGS).mkdir(exist_ok=True)
+    on_ray = ray_tasks.Runs() if ray else None
     # the cores are shared out between the runs instead of every run grabbing all of them
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
+    threads = {"OMP_NUM_THREADS": "1" if on_ray else str(max(1, (os.cpu_count() or 1) // jobs))}
+    env = {**os.environ, **threads}
     failed: list[str] = []
-    runs = _Runs()
+    runs = on_ray or _Runs()
 
     def one(cell: Cell, seed: int) -> tuple[int, float]:
         log = out / LOGS / f"{cell.name}-seed{seed}.log"
@@ -240,8 +244,9 @@ def run_all(
         with files.writing(log):
             f = open(log, "a")
         with f:
-            code = runs.call(command(sweep, out, cell, seed, data_dir), stdout=f, stderr=subprocess.STDOUT,
-                             env=env, preexec_fn=_die_with_parent)
+            args = command(sweep, out, cell, seed, data_dir)
+            code = on_ray.call(args, log, threads, _die_with_parent) if on_ray else \
+                runs.call(args, stdout=f, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
         return code, time.perf_counter() - start
 
     with progress_bar(console, "runs", quiet) as progress:
@@ -273,6 +278,8 @@ def run_all(
             raise
         finally:
             pool.shutdown(cancel_futures=True)  # the queued runs must not start
+            if on_ray:
+                on_ray.close()
     if failed:
         raise FedbridgeError(
             f"{len(failed)} of {total} runs failed; the others are kept, and running the same sweep again "

@@ -123,6 +123,9 @@ class StrategySpec:
     check: Callable[[Any, Setup], str | None] = lambda config, setup: None
     # whether the Flower deployment runs it: its clients only train from the server's model
     flower: bool = True
+    # its `local` step (e.g. FedProx's proximal term) runs on each Flower node, which gets the
+    # strategy's config and calls `local` on a state holding only the received model
+    on_node: bool = False
 
 
 def needs_clients(config: BaseModel, setup: Setup, minimum: int = 3) -> str | None:

@@ -30,4 +30,5 @@ def build(config: Config, setup: Setup) -> Strategy:
     return fedprox(config.mu)
 
 
-SPEC = StrategySpec(Config, build, {"fedprox": "FedProx"}, flower=False)
+# the proximal term's anchor is the model the client starts from, so a Flower node rebuilds it
+SPEC = StrategySpec(Config, build, {"fedprox": "FedProx"}, on_node=True)

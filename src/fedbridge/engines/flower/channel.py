@@ -1,6 +1,6 @@
 """What a ServerApp leaves in its out-dir, and how `fedbridge deploy` reads it back while it runs.
 
-`connected` once every client's node has answered; one `round-NNNN.json` (metrics and diagnostics records) and
+`connected` once every client's node has answered; `timings.json` (where each step's time went); one `round-NNNN.json` (metrics and diagnostics records) and
 `round-NNNN.pt` (server state) per evaluated round; then `end.json` saying how the run ended and
 which clients were left out of which rounds. Each file is written whole (temp file + rename), the
 weights before the records, so a round is complete as soon as its records exist.
@@ -17,6 +17,8 @@ from fedbridge.strategies.api import ServerState
 
 END = "end.json"
 CONNECTED = "connected"
+TIMINGS = "timings.json"
+RESUME = "resume.pt"  # the state a resumed run continues from (written by `fedbridge deploy --resume`)
 
 
 def write_connected(out: Path) -> None:
@@ -32,6 +34,25 @@ def write_round(out: Path, round_: int, records: list[dict], diagnostics: list[d
     saved = {"params": state.params, "extra": state.extra}
     atomic_write(out / f"round-{round_:04d}.pt", lambda tmp: torch.save(saved, tmp))
     atomic_write(out / f"round-{round_:04d}.json", json.dumps({"metrics": records, "diagnostics": diagnostics}))
+
+
+def write_resume(out: Path, round_: int, state: ServerState) -> None:
+    atomic_write(out / RESUME, lambda tmp: torch.save({"round": round_, "params": state.params, "extra": state.extra}, tmp))
+
+
+def read_resume(path: Path) -> tuple[int, ServerState]:
+    saved = torch.load(path, weights_only=True)
+    return int(saved["round"]), ServerState(saved["params"], saved["extra"])
+
+
+def write_timings(out: Path, timings: list[dict]) -> None:
+    """Every step's wall time and each node's `seconds-*` (transport.Nodes.timings), for benchmarks.deploy."""
+    atomic_write(out / TIMINGS, json.dumps(timings))
+
+
+def read_timings(out: Path) -> list[dict]:
+    path = out / TIMINGS
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def write_end(out: Path, ok: bool, message: str = "", left_out: list[dict] = ()) -> None:

@@ -9,9 +9,11 @@ leaves it. Training and evaluation are fedbridge's own functions with K=1.
 """
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -24,9 +26,12 @@ from fedbridge.errors import ConfigError, DataError
 from fedbridge.experiment import IID, ClientGroup, Experiment
 from fedbridge.federation import Client, Federation, build_federation, load_data
 from fedbridge.files import atomic_write
-from fedbridge.local import client_generator, evaluate, local_update
+from fedbridge.local import GradientAdjust, client_generator, evaluate, local_update
 from fedbridge.models import build_model
+from fedbridge.optim import Params
 from fedbridge.rounds import STREAM_BATCHES, recipe
+from fedbridge.strategies import registry
+from fedbridge.strategies.api import ClientUpdates, ServerState
 
 app = ClientApp()
 
@@ -71,20 +76,30 @@ def build_own(exp: Experiment, seed: int, client: int, data_dir: str | None, dat
     )
 
 
+# the federation of the last experiment this process served, by its cache file: a long-lived
+# ClientApp process (warm.py) answers every round's messages without reading the data again
+_ready: dict[Path, Federation] = {}
+
+
 def node_data(experiment: str, seed: int, client: int, data_dir: str | None, data_folder: str | None) -> Federation:
     """A federation holding only this node's client (index kept), built once per experiment and seed.
 
-    Flower starts a new ClientApp process for every message, so the client's data is kept in the
-    node's cache folder instead of being rebuilt from the dataset for every round."""
+    Under Flower's own SuperExec every message gets a new ClientApp process, so the client's data is
+    kept in the node's cache folder instead of being rebuilt from the dataset for every round; the
+    long-lived process of warm.py also keeps it in memory."""
     key = hashlib.sha256(f"{experiment}|{seed}|{client}|{data_folder}".encode()).hexdigest()[:24]
     folder = cache_dir() / "flower-node"
     path = folder / f"client{client}-{key}.pt"
+    if path in _ready:
+        return _ready[path]
     if path.exists():
         saved = torch.load(path, weights_only=True)
         own = Client(client, saved["profile"], torch.arange(len(saved["train_labels"])), saved["test_images"],
                      saved["test_labels"])
-        return Federation(saved["dataset"], saved["source"], saved["num_classes"], saved["train_images"],
-                          saved["train_labels"], [own], saved["clean_test_images"], saved["clean_test_labels"])
+        _ready.clear()
+        _ready[path] = Federation(saved["dataset"], saved["source"], saved["num_classes"], saved["train_images"],
+                                  saved["train_labels"], [own], saved["clean_test_images"], saved["clean_test_labels"])
+        return _ready[path]
     own = build_own(Experiment.model_validate_json(experiment), seed, client, data_dir, data_folder)
     mine = own.clients[0]
     saved = {
@@ -119,6 +134,7 @@ def my_client(message: Message, context: Context) -> tuple[Experiment, int, Fede
 def describe(message: Message, context: Context) -> Message:
     """Which client this node is and what its data looks like, so the server can build the model."""
     _, _, federation, client = my_client(message, context)
+    started({})  # the process's start goes to its first message
     info = ConfigRecord({
         "partition-id": client.index, "num-examples": len(client.train_rows),
         "input-shape": list(federation.input_shape), "num-classes": federation.num_classes,
@@ -126,33 +142,78 @@ def describe(message: Message, context: Context) -> Message:
     return Message(RecordDict({"info": info}), reply_to=message)
 
 
+def scores(model: torch.nn.Module, params, federation: Federation, client: Client) -> dict[str, float]:
+    """The model on this client's own test data and on the clean test set."""
+    own_acc, own_loss = evaluate(model, params, client.test_images, client.test_labels)
+    clean_acc, clean_loss = evaluate(model, params, federation.clean_test_images, federation.clean_test_labels)
+    return {"own-accuracy": own_acc.item(), "own-loss": own_loss.item(),
+            "clean-accuracy": clean_acc.item(), "clean-loss": clean_loss.item()}
+
+
+_served = [0]  # messages this process has answered: only the first one paid for its start
+
+
+def timed(step: str, seconds: dict[str, float], began: float) -> None:
+    seconds[f"seconds-{step}"] = time.perf_counter() - began
+
+
+def started(seconds: dict[str, float]) -> dict[str, float]:
+    """`seconds-start`: from this process's start to its first message (Python, imports), else 0."""
+    first = time.time() - psutil.Process().create_time() if not _served[0] else 0.0
+    _served[0] += 1
+    return {"seconds-start": first, **seconds}
+
+
 @app.train()
 def train(message: Message, context: Context) -> Message:
+    """Train from the received model; with `evaluate-round` in the config, score it first (the
+    server's evaluation of the previous round, sent with this round's training)."""
+    seconds: dict[str, float] = {}
+    began = time.perf_counter()
     exp, seed, federation, client = my_client(message, context)
-    round_ = int(message.content["config"]["round"])
+    config = message.content["config"]
+    round_ = int(config["round"])
     model = build_model(exp.model, federation.input_shape, federation.num_classes)
-    result = local_update(
-        model, from_record(message.content["arrays"]), federation.train_images, federation.train_labels,
-        [client.train_rows], recipe(exp), [client_generator(seed, STREAM_BATCHES, round_, client.index)],
-    )
-    metrics = MetricRecord({
+    start = from_record(message.content["arrays"])
+    timed("data", seconds, began)
+    metrics: dict[str, float] = {}
+    if "evaluate-round" in config:
+        began = time.perf_counter()
+        metrics = scores(model, start, federation, client)
+        timed("evaluate", seconds, began)
+    began = time.perf_counter()
+    generator = client_generator(seed, STREAM_BATCHES, round_, client.index)
+
+    def local(params: Params, adjust: GradientAdjust | None = None) -> ClientUpdates:
+        result = local_update(model, params, federation.train_images, federation.train_labels, [client.train_rows],
+                              recipe(exp), [generator], adjust)
+        return ClientUpdates(torch.tensor([client.index]), torch.tensor([float(len(client.train_rows))]),
+                             result.params, result.steps, result.loss)
+
+    spec = registry.spec(exp.strategy)
+    # a strategy whose step runs here (FedProx) takes it as in the simulation, from a state that
+    # holds only the received model; any other strategy's clients train plainly
+    result = registry.build(exp.strategy, exp.setup).local(ServerState(start), torch.tensor([client.index]), local) \
+        if spec.on_node else local(start)
+    timed("train", seconds, began)
+    metrics.update({
         "partition-id": client.index, "num-examples": len(client.train_rows),
-        "steps": result.steps.item(), "loss": result.loss.item(),
+        "steps": result.steps.item(), "loss": result.loss.item(), **started(seconds),
     })
-    return Message(RecordDict({"arrays": to_record(result.params), "metrics": metrics}), reply_to=message)
+    return Message(RecordDict({"arrays": to_record(result.params), "metrics": MetricRecord(metrics)}), reply_to=message)
 
 
 @app.evaluate()
 def evaluate_model(message: Message, context: Context) -> Message:
     """The global model on this client's own test data and on the clean test set."""
+    seconds: dict[str, float] = {}
+    began = time.perf_counter()
     exp, _, federation, client = my_client(message, context)
     model = build_model(exp.model, federation.input_shape, federation.num_classes)
     params = from_record(message.content["arrays"])
-    own_acc, own_loss = evaluate(model, params, client.test_images, client.test_labels)
-    clean_acc, clean_loss = evaluate(model, params, federation.clean_test_images, federation.clean_test_labels)
-    metrics = MetricRecord({
-        "partition-id": client.index, "own-accuracy": own_acc.item(), "own-loss": own_loss.item(),
-        "clean-accuracy": clean_acc.item(), "clean-loss": clean_loss.item(),
-    })
+    timed("data", seconds, began)
+    began = time.perf_counter()
+    metrics = scores(model, params, federation, client)
+    timed("evaluate", seconds, began)
+    metrics = MetricRecord({"partition-id": client.index, **metrics, **started(seconds)})
     return Message(RecordDict({"metrics": metrics}), reply_to=message)
-

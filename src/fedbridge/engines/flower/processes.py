@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,12 +55,24 @@ class Cluster:
     address: str  # the SuperLink's host:port (Fleet, Control and Runtime APIs share it)
     workdir: Path
     env: dict[str, str]
-    superlink: subprocess.Popen
+    superlink: subprocess.Popen | None  # None: one on another machine (hosts.py), not ours to watch
     nodes: list[subprocess.Popen]
+    workers: list[subprocess.Popen] = field(default_factory=list)  # node i's ClientApp process (warm.py)
+    # start node i again (its processes), as `cluster` started it
+    start_again: Callable[[int], list[subprocess.Popen]] | None = None
+
+    def restart(self, partition: int) -> None:
+        """Start the SuperNode of client `partition + 1` again, after it died or was stopped: it gets a
+        new node id from the SuperLink, and the ServerApp gives it its client at the next step."""
+        stop([self.nodes[partition], *self.workers[partition : partition + 1]])
+        node, *worker = self.start_again(partition)
+        self.nodes[partition] = node
+        if worker:
+            self.workers[partition] = worker[0]
 
     def alive(self) -> None:
         """Raise if the SuperLink has exited: nothing can finish without it."""
-        if self.superlink.poll() is not None:
+        if self.superlink is not None and self.superlink.poll() is not None:
             raise FedbridgeError(
                 f"the SuperLink exited (code {self.superlink.returncode}); its log: {self.workdir / 'superlink.log'}"
             )
@@ -80,8 +93,8 @@ def start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Pope
                                 start_new_session=True)
 
 
-def superlink_command(port: int, security: Security, simulation: bool = False) -> list[str]:
-    command = ["flower-superlink", "--host", HOST, "--port", str(port), "--disable-runtime-dependency-installation"]
+def superlink_command(port: int, security: Security, simulation: bool = False, host: str = HOST) -> list[str]:
+    command = ["flower-superlink", "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
     if simulation:
         command.append("--simulation")
     if security.ca_cert is None:
@@ -95,15 +108,40 @@ def superlink_command(port: int, security: Security, simulation: bool = False) -
 
 
 def supernode_command(address: str, partition: int, security: Security, data_dir: Path | None,
-                      private_key: Path | None, data_folder: Path | None = None) -> list[str]:
+                      private_key: Path | None, data_folder: Path | None = None, port: int | None = None,
+                      warm: bool = True) -> list[str]:
+    """A SuperNode whose ClientApps run in a process of their own (`--isolation process`): warm.py's,
+    started next to it on the Runtime API `port`, instead of a new process per message (Flower's
+    own SuperExec, without `warm`)."""
     # string values in --node-config need TOML's double quotes
     config = f"partition-id={partition}" + (f' data-dir="{data_dir}"' if data_dir else "")
     config += f' data-folder="{data_folder}"' if data_folder else ""
-    command = ["flower-supernode", "--superlink", address, "--port", str(free_port()), "--node-config", config]
+    command = ["flower-supernode", "--superlink", address, "--port", str(port or free_port()), "--node-config", config]
+    command += ["--isolation", "process"] if warm else []
     command += ["--insecure"] if security.ca_cert is None else ["--root-certificates", str(security.ca_cert)]
     if private_key is not None:
         command += ["--auth-supernode-private-key", str(private_key)]
     return command
+
+
+def warm_command(port: int, node: subprocess.Popen) -> list[str]:
+    """The long-lived ClientApp process of the SuperNode `node` serving its Runtime API on `port`."""
+    return [sys.executable, "-m", "fedbridge.engines.flower.warm", "--runtime-api-address", f"{HOST}:{port}",
+            "--parent-pid", str(node.pid)]
+
+
+def start_node(address: str, partition: int, security: Security, data_dir: Path | None, data_folder: Path | None,
+               workdir: Path, env: dict[str, str], threads: int, warm: bool = True,
+               key: Path | None = None) -> list[subprocess.Popen]:
+    """SuperNode `partition` and its ClientApp process (with `warm`), logging to supernode-I.log. The nodes of
+    one machine share its cores: `threads` each, as OpenMP threads of processes that outnumber the
+    cores stall on each other's barriers (a node's epoch measured 20x slower at 2 threads each)."""
+    key = key or (security.node_keys[partition] if security.node_keys else None)
+    port = free_port()
+    log = workdir / f"supernode-{partition}.log"
+    env = {**env, "OMP_NUM_THREADS": str(threads)} if threads else env  # 0: a machine of its own
+    node = start(supernode_command(address, partition, security, data_dir, key, data_folder, port, warm), log, env)
+    return [node, start(warm_command(port, node), log, env)] if warm else [node]
 
 
 def write_connection(env: dict[str, str], address: str, security: Security) -> None:
@@ -128,13 +166,13 @@ def register(env: dict[str, str], private_key: Path) -> None:
         raise FedbridgeError(f"could not register SuperNode key {private_key}.pub: {(proc.stderr or proc.stdout).strip()}")
 
 
-def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 60.0, host: str = HOST) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise FedbridgeError(f"the SuperLink exited at start (code {process.returncode}); its log: {log}")
         with socket.socket() as s:
-            if s.connect_ex((HOST, port)) == 0:
+            if s.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.2)
     raise FedbridgeError(f"the SuperLink did not open port {port} within {timeout:.0f} s; its log: {log}")
@@ -167,11 +205,12 @@ def stop(processes: list[subprocess.Popen], grace: float = 5.0) -> None:
 
 @contextmanager
 def cluster(nodes: int, workdir: Path, security: Security = Security(), data_dir: Path | None = None,
-            simulation: bool = False, data_folders: list[Path] | None = None):
+            simulation: bool = False, data_folders: list[Path] | None = None, warm: bool = True):
     """A running SuperLink with `nodes` SuperNodes (partition-id 0..nodes-1); all stopped on exit,
     also on Ctrl-C, SIGTERM or an error. With `simulation` (and no nodes), the SuperLink runs
     Flower's simulation runtime instead: `flwr run --federation-config num-supernodes=N`.
-    `data_folders[i]`: node i's own data (see client_app.FOLDER_FILES) instead of its share of the dataset."""
+    `data_folders[i]`: node i's own data (see client_app.FOLDER_FILES) instead of its share of the dataset.
+    Without `warm`, Flower's own SuperExec starts a ClientApp process per message (benchmarks.deploy's "before")."""
     # SIGTERM ends the deployment as Ctrl-C does, through the cleanup below
     main_thread = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
@@ -190,15 +229,18 @@ def cluster(nodes: int, workdir: Path, security: Security = Security(), data_dir
         write_connection(env, address, security)
         for key in security.node_keys:
             register(env, key)
-        children = []
+        def start_again(i: int) -> list[subprocess.Popen]:
+            processes = start_node(address, i, security, data_dir, data_folders[i] if data_folders else None,
+                                   workdir, env, max(1, (os.cpu_count() or 1) // nodes), warm)
+            started.extend(processes)  # stopped at the end too
+            return processes
+
+        children, workers = [], []
         for i in range(nodes):
-            key = security.node_keys[i] if security.node_keys else None
-            folder = data_folders[i] if data_folders else None
-            command = supernode_command(address, i, security, data_dir, key, folder)
-            node = start(command, workdir / f"supernode-{i}.log", env)
-            started.append(node)
+            node, *worker = start_again(i)
             children.append(node)
-        yield Cluster(address, workdir, env, superlink, children)
+            workers += worker
+        yield Cluster(address, workdir, env, superlink, children, workers, start_again)
     finally:
         for sig in previous:  # a second Ctrl-C must not cut the cleanup short
             signal.signal(sig, signal.SIG_IGN)

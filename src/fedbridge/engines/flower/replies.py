@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import RecordDict
 
+from fedbridge.errors import FedbridgeError
+
 
 @dataclass(frozen=True)
 class Expected:
@@ -64,3 +66,23 @@ def train_expected(shapes: dict[str, tuple[int, ...]], client: int, examples: in
 def evaluate_expected(client: int) -> Expected:
     return Expected(None, {"partition-id": (client, client), "own-accuracy": (0, 1), "own-loss": (0, math.inf),
                            "clean-accuracy": (0, 1), "clean-loss": (0, math.inf)})
+
+
+def together(train: Expected, evaluate: Expected) -> Expected:
+    """A reply to a message that evaluates a model and then trains from it: both replies' content."""
+    return Expected(train.arrays, {**evaluate.metrics, **train.metrics})
+
+
+def described(content: RecordDict, n: int) -> tuple[int, int, tuple[int, ...], int]:
+    """A node's answer to `describe`: its partition id, training samples, input shape and classes."""
+    info = content.config_records.get("info", {})
+    try:
+        client, examples = int(info["partition-id"]), int(info["num-examples"])
+        shape, classes = tuple(int(d) for d in info["input-shape"]), int(info["num-classes"])
+    except (TypeError, KeyError, ValueError) as e:
+        raise FedbridgeError(f"a SuperNode described itself without a valid {e}; is it running fedbridge's "
+                             "ClientApp (the same version as the server)?") from None
+    if not 0 <= client < n or examples < 1 or len(shape) != 3 or min(shape) < 1 or classes < 2:
+        raise FedbridgeError(f"a SuperNode described itself as partition-id={client} with {examples} samples of "
+                             f"shape {shape} in {classes} classes; expected partition-id 0..{n - 1} with some samples")
+    return client, examples, shape, classes

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context, RecordDict
+from flwr.app import ConfigRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedbridge import rounds
 from fedbridge.engines.flower import channel
+from fedbridge.engines.flower.replies import described
 from fedbridge.engines.flower.transport import POLL_SECONDS, Nodes, flower_transport, message
 from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.experiment import Experiment, load_experiment
@@ -45,6 +46,8 @@ class Settings:
     round_timeout: float
     min_nodes: int
     connect_timeout: float
+    train_ahead: bool = True  # round r's evaluation sent with round r+1's training (transport.py)
+    resume: Path | None = None  # channel.write_resume's file: continue after its round from its state
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> "Settings":
@@ -57,6 +60,7 @@ class Settings:
             Path(str(run_config["config"])), str(run_config.get("set", "")).split(), _number(run_config, "seed", int),
             Path(str(run_config["out-dir"])), _number(run_config, "round-timeout", float),
             _number(run_config, "min-nodes", int), _number(run_config, "connect-timeout", float),
+            _switch(run_config, "train-ahead"), Path(str(run_config["resume"])) if run_config.get("resume") else None,
         )
         if problem := limits_problem(settings.round_timeout, settings.min_nodes, settings.connect_timeout):
             raise ConfigError(f"run config {problem}; set it with flwr run ... --run-config '{problem.split()[0]}=...'")
@@ -70,6 +74,13 @@ def _number(run_config: dict, key: str, kind: type) -> float | int:
         raise ConfigError(f"run config {key}={value!r} is not {'a whole number' if kind is int else 'a number'}; "
                           f"e.g. --run-config '{key}=60'")
     return kind(value)
+
+
+def _switch(run_config: dict, key: str) -> bool:
+    value = run_config.get(key, True)
+    if not isinstance(value, bool):
+        raise ConfigError(f"run config {key}={value!r} is not true or false; e.g. --run-config '{key}=false'")
+    return value
 
 
 def limits_problem(round_timeout: float, min_nodes: int, connect_timeout: float) -> str | None:
@@ -102,21 +113,6 @@ def deployable(exp: Experiment) -> None:
             f"strategy.name = {exp.strategy.name!r} needs client-side steps or per-client models, which run on the "
             "simulation engine only so far; on Flower use a server-side strategy such as fedavg"
         )
-
-
-def described(content: RecordDict, n: int) -> tuple[int, int, tuple[int, ...], int]:
-    """A node's answer to `describe`: its partition id, training samples, input shape and classes."""
-    info = content.config_records.get("info", {})
-    try:
-        client, examples = int(info["partition-id"]), int(info["num-examples"])
-        shape, classes = tuple(int(d) for d in info["input-shape"]), int(info["num-classes"])
-    except (TypeError, KeyError, ValueError) as e:
-        raise FedbridgeError(f"a SuperNode described itself without a valid {e}; is it running fedbridge's "
-                             "ClientApp (the same version as the server)?") from None
-    if not 0 <= client < n or examples < 1 or len(shape) != 3 or min(shape) < 1 or classes < 2:
-        raise FedbridgeError(f"a SuperNode described itself as partition-id={client} with {examples} samples of "
-                             f"shape {shape} in {classes} classes; expected partition-id 0..{n - 1} with some samples")
-    return client, examples, shape, classes
 
 
 @dataclass(frozen=True)
@@ -160,12 +156,16 @@ def connect(grid: Grid, exp: Experiment, config: ConfigRecord, settings: Setting
         raise FedbridgeError(f"the SuperNodes' data differ in input shape or classes ({sorted(kinds)}); "
                              "all clients must hold data of one kind")
     (shape, classes), = kinds
-    return Nodes(grid, node_of, settings.round_timeout, settings.min_nodes, left_out), Connected(shape, classes, examples)
+    nodes = Nodes(grid, node_of, settings.round_timeout, settings.min_nodes, left_out, describe=config, examples=examples)
+    return nodes, Connected(shape, classes, examples)
 
 
 def node_experiment(exp: Experiment) -> str:
-    """The experiment as the nodes get it. They run the plain local step whatever the strategy, so it
-    goes without the strategy: a `custom` rule's module then need not be importable on every node."""
+    """The experiment as the nodes get it. They run the plain local step unless the strategy's runs
+    on the node (StrategySpec.on_node), so it goes without any other strategy: a `custom` rule's
+    module then need not be importable on every node."""
+    if registry.spec(exp.strategy).on_node:
+        return exp.model_dump_json()
     return exp.model_copy(update={"strategy": FedAvg()}).model_dump_json()
 
 
@@ -187,13 +187,18 @@ def run(grid: Grid, exp: Experiment, seed: int, settings: Settings, left_out: li
     began = [time.monotonic()]
 
     def on_round(r: int, records: list[dict], diagnostics: list[dict], state: ServerState) -> None:
+        seconds = time.monotonic() - began[0]
+        nodes.timings.append({"round": r, "step": "round", "seconds": seconds, "nodes": {}})
         channel.write_round(settings.out_dir, r, records, diagnostics, state)
+        channel.write_timings(settings.out_dir, nodes.timings)
         own = ", ".join(f"client {x['client']} {100 * x['accuracy']:.1f}%" for x in records if x["test_set"] == "own")
-        log(INFO, "round %d/%d in %.1f s: own test accuracy %s", r, exp.train.rounds, time.monotonic() - began[0], own)
+        log(INFO, "round %d/%d in %.1f s: own test accuracy %s", r, exp.train.rounds, seconds, own)
         began[0] = time.monotonic()
 
-    transport = flower_transport(nodes, connected.examples, {n: tuple(p.shape[1:]) for n, p in initial.items()}, config)
-    rounds.train(registry.build(exp.strategy, exp.setup), transport, initial, schedule, on_round)
+    transport = flower_transport(nodes, connected.examples, {n: tuple(p.shape[1:]) for n, p in initial.items()}, config,
+                                 schedule, settings.train_ahead, registry.spec(exp.strategy).on_node)
+    resume = channel.read_resume(settings.resume) if settings.resume else None
+    rounds.train(registry.build(exp.strategy, exp.setup), transport, initial, schedule, on_round, resume)
 
 
 @app.main()

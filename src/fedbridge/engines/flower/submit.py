@@ -12,7 +12,9 @@ from fedbridge.optim import Params
 from fedbridge.rounds import OnRound
 
 APP = Path(__file__).parent / "app"
-CHECK_SECONDS = 15.0  # how often to ask Flower whether the run is still going
+# how often to ask Flower whether the run is still going: `flwr ls` is a process of its own that
+# takes a core for about a second, which on a small machine the nodes' training would miss
+CHECK_SECONDS = 30.0
 
 
 def submit(cluster: Cluster, run_config: Path) -> int:
@@ -25,6 +27,11 @@ def submit(cluster: Cluster, run_config: Path) -> int:
     if proc.returncode != 0 or not answer.get("success"):
         raise FedbridgeError(f"`flwr run` could not start the run: {(proc.stderr or proc.stdout).strip()[-2000:]}")
     return int(answer["run-id"])
+
+
+def stop_run(cluster: Cluster, run_id: int) -> None:
+    """Ask the SuperLink to stop a run no one will follow."""
+    flwr(cluster.env, "stop", str(run_id), CONNECTION, timeout=60)
 
 
 def status(cluster: Cluster, run_id: int) -> str:
@@ -44,11 +51,11 @@ def follow(cluster: Cluster, run_id: int, out: Path, on_round: OnRound,
     done, params, last, checked = 0, None, time.monotonic(), time.monotonic()
     ended = None  # when Flower said the run finished, in case the ServerApp died before writing its end
     while True:
-        cluster.alive()
         end = channel.read_end(out)  # read before the rounds, which are all written by then
         for r in channel.read_rounds(out, done):
             on_round(r.number, r.records, r.diagnostics, r.state)
             done, params, last = r.number, r.state.params, time.monotonic()
+        cluster.alive()  # after the rounds: those written before the SuperLink died are kept
         if end is not None:
             if not end["ok"]:
                 kept = f"; rounds 1-{done} are kept in the run directory's metrics.jsonl" if done else ""

@@ -1,5 +1,13 @@
 """The Flower transport of the round loop: a round's local training and evaluation as messages to
-the clients' SuperNodes, their replies checked (replies.py) before anything uses them."""
+the clients' SuperNodes, their replies checked (replies.py) before anything uses them.
+
+Each message costs a SuperNode's poll of the SuperLink (every 3 s in Flower 1.41), so the
+evaluation of round r goes out together with the training of round r+1 when the next round's
+clients would start from the evaluated model (a global model, as FedAvg's): the node scores the
+model, trains from it, and answers both. Round r+1 uses that training only if its start is
+exactly the evaluated model and its step plain; otherwise it is sent again, and the transport
+stops training ahead for the rest of the run. One message a round instead of two.
+"""
 
 import time
 from dataclasses import dataclass, field
@@ -12,14 +20,16 @@ from flwr.serverapp import Grid
 
 from fedbridge import rounds
 from fedbridge.engines.flower.arrays import from_record, to_record
-from fedbridge.engines.flower.replies import Expected, evaluate_expected, reply_problem, train_expected
+from fedbridge.engines.flower.replies import (
+    Expected, described, evaluate_expected, reply_problem, together, train_expected,
+)
 from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.local import GradientAdjust
 from fedbridge.optim import Params
 from fedbridge.strategies.api import ClientUpdates, LocalTrain
 
 # how often the server asks the SuperLink for replies; Grid.send_and_receive waits 3 s between asks
-POLL_SECONDS = 0.2
+POLL_SECONDS = 0.1
 
 
 @dataclass
@@ -32,15 +42,50 @@ class Nodes:
     minimum: int
     # every client left out of a round's step: {"round", "step", "client" (from 1), "reason"}
     left_out: list[dict] = field(default_factory=list)
+    # every step's wall time and where each node's time went: {"round", "step", "seconds", "nodes"}
+    timings: list[dict] = field(default_factory=list)
+    # how to ask a node which client it is, and each client's sample count, for rejoin()
+    describe: ConfigRecord | None = None
+    examples: dict[int, int] = field(default_factory=dict)
+    strangers: set[int] = field(default_factory=set)  # nodes that said they are no client of this run
+
+    def rejoin(self) -> None:
+        """Let SuperNodes that connected since the last step (one restarted after a crash gets a new
+        node id) take over their client: each says which client it is, as at connect, and that
+        client's messages go to it from now on. One that does not answer in time is asked again."""
+        known = set(self.node_of.values()) | self.strangers
+        new = [n for n in self.grid.get_node_ids() if n not in known]
+        if self.describe is None or not new:
+            return
+        pending = dict(zip(self.grid.push_messages([message({"config": self.describe}, n, "query") for n in new]), new))
+        deadline = time.monotonic() + self.timeout
+        while pending and time.monotonic() < deadline:
+            for reply in self.grid.pull_messages(list(pending)):
+                node = pending.pop(reply.metadata.reply_to_message_id)
+                try:
+                    client, examples, _, _ = described(reply.content, len(self.examples))
+                except FedbridgeError as e:
+                    client, examples = -1, str(e)
+                if reply.has_error() or self.examples.get(client) != examples:
+                    log(WARNING, "SuperNode %d connected, but is no client of this run (%s)", node,
+                        reply.error.reason if reply.has_error() else f"partition-id {client}, {examples} samples")
+                    self.strangers.add(node)
+                else:
+                    log(WARNING, "client %d is back on SuperNode %d", client + 1, node)
+                    self.node_of[client] = node
+            if pending:
+                time.sleep(POLL_SECONDS)
 
     def exchange(self, what: str, messages: dict[int, Message], group: int | None = None,
                  name=lambda client: f"client {client + 1}",
-                 expected: dict[int, Expected] | None = None) -> dict[int, Message]:
+                 expected: dict[int, Expected] | None = None, answered: int = 0) -> dict[int, Message]:
         """Send one message per client and collect the replies that come within the timeout and are
         as `expected` (if given): a rejected reply counts as no answer.
 
-        Raises when fewer than the minimum answer; the clients left out are logged by `name`."""
-        pushed = list(self.grid.push_messages(messages.values()))
+        Raises when fewer than the minimum answer (counting `answered` clients whose answer came
+        before, with an earlier message); the clients left out are logged by `name`."""
+        began = time.monotonic()
+        pushed = list(self.grid.push_messages(messages.values())) if messages else []
         pending = dict(zip(pushed, messages))
         replies: dict[int, Message] = {}
         failed: dict[int, str] = {}
@@ -58,6 +103,8 @@ class Nodes:
                     log(WARNING, "%s failed in %s: %s", name(client), what, failed[client])
             if pending:
                 time.sleep(POLL_SECONDS)
+        self.timings.append({"round": group, "step": what, "seconds": time.monotonic() - began,
+                             "nodes": timing(replies)})
         where = f"round {group}, {what}" if group else what
         silent = ", ".join(name(c) for c in sorted(pending.values()))
         if silent:
@@ -65,11 +112,11 @@ class Nodes:
         if group:  # a round's step, so the keys are clients (numbered from 1 for people, as in metrics.jsonl)
             why = {**failed, **{c: f"no answer within {self.timeout:.0f} s" for c in pending.values()}}
             self.left_out.extend({"round": group, "step": what, "client": c + 1, "reason": why[c]} for c in sorted(why))
-        needed = min(self.minimum, len(messages))
-        if len(replies) < needed:
+        needed = min(self.minimum, len(messages) + answered)
+        if len(replies) + answered < needed:
             errors = "".join(f"; {name(c)} failed: {reason}" for c, reason in sorted(failed.items()))
             raise FedbridgeError(
-                f"{where}: only {len(replies)} of {len(messages)} nodes answered within {self.timeout:.0f} s "
+                f"{where}: only {len(replies) + answered} of {len(messages) + answered} nodes answered within {self.timeout:.0f} s "
                 f"(minimum {needed}), so the run stopped{errors}" + (f"; no answer from {silent}" if silent else "")
                 + ". Check those SuperNodes (their logs), or lower --min-nodes / raise --round-timeout"
             )
@@ -81,43 +128,92 @@ def message(content: dict, node: int, kind: str, group: int | None = None) -> Me
                    group_id=str(group) if group else None)
 
 
+def timing(replies: dict[int, Message]) -> dict[int, dict[str, float]]:
+    """Where each node's time went (client_app.py's `seconds-*` metrics), by client."""
+    return {c: {k: v for k, v in r.content.metric_records.get("metrics", {}).items() if k.startswith("seconds-")}
+            for c, r in replies.items()}
+
+
+@dataclass
+class Ahead:
+    """Round r+1's training, done by the nodes with round r's evaluation: from which model, and the replies."""
+
+    round: int
+    start: Params
+    replies: dict[int, Message]
+
+    def usable(self, round_: int, start: Params, k: int) -> bool:
+        return round_ == self.round and all(torch.equal(start[n][k], p[0]) for n, p in self.start.items())
+
+
 def flower_transport(nodes: Nodes, examples: dict[int, int], shapes: dict[str, tuple[int, ...]],
-                     config: ConfigRecord) -> rounds.Transport:
-    """`examples`: each client's training samples, as it said at connect; `shapes`: the model's."""
+                     config: ConfigRecord, schedule: rounds.Schedule, ahead: bool = True,
+                     on_node: bool = False) -> rounds.Transport:
+    """`examples`: each client's training samples, as it said at connect; `shapes`: the model's;
+    `schedule`: the run's, to know the next round's clients; `ahead`: train with the evaluation;
+    `on_node`: the nodes run the strategy's own local step (StrategySpec.on_node), gradient
+    adjustment included, so the one the strategy asks for here is the one they make."""
+    trained_ahead: list[Ahead] = []  # at most one: the next round's
+    training_ahead = [ahead]
+
+    def train_message(client: int, start: Params, round_: int, extra: dict) -> Message:
+        content = {"arrays": to_record(start), "config": ConfigRecord({**config, "round": round_, **extra})}
+        return message(content, nodes.node_of[client], "train", round_)
+
+    def updates(replies: dict[int, Message]) -> ClientUpdates:
+        answered = sorted(replies)
+        trained = [from_record(replies[c].content["arrays"]) for c in answered]
+        metrics = [replies[c].content["metrics"] for c in answered]
+        return ClientUpdates(
+            torch.tensor(answered), torch.tensor([float(m["num-examples"]) for m in metrics]),
+            {n: torch.cat([t[n] for t in trained]) for n in trained[0]},
+            torch.tensor([float(m["steps"]) for m in metrics]), torch.tensor([float(m["loss"]) for m in metrics]),
+        )
 
     def local(round_: int, ids: torch.Tensor, stream: int) -> LocalTrain:
         def train(start: Params, adjust: GradientAdjust | None = None, epochs: int | None = None,
                   copy: int = 0) -> ClientUpdates:
-            if adjust is not None or epochs or copy or stream != rounds.STREAM_BATCHES:
+            if adjust is not None and not on_node or epochs or copy or stream != rounds.STREAM_BATCHES:
                 # deployable() refuses such strategies before the run; a hand-written one may still ask
                 raise ConfigError("this strategy needs client-side steps the Flower ClientApp does not run yet")
-            round_config = ConfigRecord({**config, "round": round_})
+            nodes.rejoin()
+            clients = ids.tolist()
+            done = trained_ahead.pop() if trained_ahead else None
+            # a client whose node did not answer the evaluation is sent its training now
+            ready = {c: done.replies[c] for c in clients if c in done.replies} if done else {}
+            if done and not all(done.usable(round_, start, clients.index(c)) for c in ready):
+                log(WARNING, "round %d started from another model than the one evaluated: training again, and no "
+                    "longer with the evaluation", round_)
+                training_ahead[0] = False
+                ready = {}
             replies = nodes.exchange("train", {
-                client: message({"arrays": to_record({n: p[k : k + 1] for n, p in start.items()}),
-                                 "config": round_config}, nodes.node_of[client], "train", round_)
-                for k, client in enumerate(ids.tolist())
-            }, round_, expected={c: train_expected(shapes, c, examples[c]) for c in ids.tolist()})
-            answered = sorted(replies)
-            trained = [from_record(replies[c].content["arrays"]) for c in answered]
-            metrics = [replies[c].content["metrics"] for c in answered]
-            return ClientUpdates(
-                torch.tensor(answered), torch.tensor([float(m["num-examples"]) for m in metrics]),
-                {n: torch.cat([t[n] for t in trained]) for n in trained[0]},
-                torch.tensor([float(m["steps"]) for m in metrics]), torch.tensor([float(m["loss"]) for m in metrics]),
-            )
+                c: train_message(c, {n: p[k : k + 1] for n, p in start.items()}, round_, {})
+                for k, c in enumerate(clients) if c not in ready
+            }, round_, expected={c: train_expected(shapes, c, examples[c]) for c in clients}, answered=len(ready))
+            return updates({**ready, **replies})
 
         return train
 
     def evaluate(params: Params, round_: int, cross: bool) -> list[rounds.Score]:
         """Each node scores its model (the global one, or its own row) on its own and the clean test
         data. With one global model, client c's model on client t's test data is what t measured."""
+        nodes.rejoin()
         one = next(iter(params.values())).shape[0] == 1
+        after = rounds.sample_clients(len(examples), schedule.fraction, schedule.seed, round_ + 1).tolist() \
+            if one and training_ahead[0] and round_ < schedule.rounds else []
         round_config = ConfigRecord({**config, "round": round_})
-        replies = nodes.exchange("evaluate", {
-            client: message({"arrays": to_record(params if one else {n: p[client : client + 1] for n, p in params.items()}),
-                             "config": round_config}, node, "evaluate", round_)
-            for client, node in nodes.node_of.items()
-        }, round_, expected={c: evaluate_expected(c) for c in nodes.node_of})
+        messages = {}
+        for client, node in nodes.node_of.items():
+            model = params if one else {n: p[client : client + 1] for n, p in params.items()}
+            if client in after:  # scored at round_, then trained for round_ + 1
+                messages[client] = train_message(client, model, round_ + 1, {"evaluate-round": round_})
+            else:
+                messages[client] = message({"arrays": to_record(model), "config": round_config}, node, "evaluate", round_)
+        expected = {c: together(train_expected(shapes, c, examples[c]), evaluate_expected(c)) if c in after
+                    else evaluate_expected(c) for c in nodes.node_of}
+        replies = nodes.exchange("evaluate", messages, round_, expected=expected)
+        if after:
+            trained_ahead.append(Ahead(round_ + 1, params, {c: r for c, r in replies.items() if c in after}))
         scores = {c: dict(replies[c].content["metrics"]) for c in sorted(replies)}
         out = []
         for target, score in scores.items():
