@@ -28,7 +28,7 @@ from fedbridge import kernels
 from fedbridge.data.datasets import Dataset
 from fedbridge.errors import ConfigError
 from fedbridge.experiment import IID, Experiment, Shards, Sizes
-from fedbridge.models import build_model, count_params
+from fedbridge.models import build_model, state_size
 from fedbridge.schema import POOLED
 
 # test images local.evaluate scores at once: every evaluated model's activations for this many
@@ -102,7 +102,7 @@ def memory_needs(exp: Experiment, dataset: Dataset, shape: tuple[int, int, int])
              "seeds", exp.seeds, "run fewer seeds, or the rest in another run starting at `seed`"),
         # every client's own model (the local baseline, personalised strategies), and the round's
         # start and trained models with their gradients and optimizer state
-        Need(f"the models of {k:,} clients", 4 * count_params(model) * (k + 5 * exp.setup.clients_per_round),
+        Need(f"the models of {k:,} clients", 4 * state_size(model) * (k + 5 * exp.setup.clients_per_round),
              "clients", [g.count for g in exp.clients], "run fewer clients (clients.N.count) or a smaller model"),
         # evaluation runs every client's model on the same chunk of test images at once; a layer's
         # input and output are alive together
@@ -166,15 +166,24 @@ def _blur_needs(exp: Experiment, shape: tuple[int, int, int], samples: int) -> l
     return needs
 
 
-def _layer_outputs(model: nn.Module, shape: tuple[int, int, int]) -> list[int]:
-    """Floats each layer outputs for one sample (build_model's models are nn.Sequential), from the
-    first layer with parameters on: what comes before it (the MLP's Flatten) is a view of the input."""
-    x, sizes = torch.zeros(1, *shape), []
-    with torch.no_grad():
-        for layer in model:
-            x = layer(x)
-            if sizes or list(layer.parameters()):
-                sizes.append(x.numel())
+def _layer_outputs(model: nn.Module, shape: tuple[int, ...]) -> list[int]:
+    """Floats each layer outputs for one sample, in the order they run, from the first layer with
+    parameters on: what comes before it (the MLP's Flatten) is a view of the input. A layer is a
+    module without children (any module a factory makes, not only build_model's nn.Sequential)."""
+    sizes: list[int] = []
+
+    def count(module, inputs, output):
+        if (sizes or list(module.parameters())) and isinstance(output, torch.Tensor):
+            sizes.append(output.numel())
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *shape))
+    finally:
+        model.train()
+        for h in hooks:
+            h.remove()
     return sizes
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedbridge import files
+from fedbridge import files, models
 from fedbridge.data import corrupt
 from fedbridge.errors import ConfigError
 from fedbridge.schema import LOCAL, POOLED
@@ -127,7 +127,7 @@ class Experiment(Strict):
     partition: Partition = IID(name="iid")
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     clients: list[ClientGroup] = Field(min_length=1)
-    model: Literal["mlp", "2nn", "cnn", "tabular"] = "mlp"
+    model: str = "mlp"  # a built-in (models.MODEL_NAMES) or "package.module:function"
     train: Train
     strategy: StrategyConfig = FedAvg()
     # "fedavg": FedAvg beside another strategy (e.g. a personalized one), trained on the same federation
@@ -170,6 +170,11 @@ class Experiment(Strict):
         t = self.train
         k = clients_per_round(self.n_clients, t.client_fraction)
         return Setup(self.n_clients, k, t.client_fraction, t.optimizer, t.momentum, t.lr)
+
+    @field_validator("model")
+    @classmethod
+    def _a_model(cls, name: str) -> str:
+        return models.check_name(name)
 
     @field_validator("name")
     @classmethod

@@ -100,28 +100,100 @@ def stacked_forward(model: nn.Module, params: Params, x: torch.Tensor) -> torch.
     return vmap(lambda p, xb: functional_call(model, p, (xb,)))(params, x)
 
 
-def _body_forward(body: nn.Module, params: Params, x: torch.Tensor) -> tuple[torch.Tensor, Params]:
-    """The body's output [K, B, ...] on inputs x [K, B, ...], with its autograd graph, and the
-    parameters it is differentiated by.
+BodyGrads = Callable[[torch.Tensor], Params]
 
-    With one client, `body` must be `_bound(body, params)`: a plain module call, as a per-client
-    loop makes, costs less than vmap or functional_call's parameter swapping at every step.
+
+def _body_forward(
+    body: nn.Module, clients: list[nn.Module] | None, params: Params, x: torch.Tensor, counts: torch.Tensor
+) -> tuple[torch.Tensor, BodyGrads]:
+    """The body's output [K, B, ...] on inputs x [K, B, ...], with its autograd graph, and how to
+    get the gradients [K, ...] of its parameters from the gradient of that output.
+
+    `clients` are `_bound` copies, one a client: each runs on its own real samples only (the first
+    counts[k] of its batch; padding is zeros after it), as a per-client loop does, which BatchNorm's
+    batch statistics and Dropout's per-client masks need, and which for one client costs less than
+    vmap's or functional_call's parameter swapping at every step. Without them, vmap over the
+    stacked clients (a model without batch statistics or randomness).
     """
     with torch.enable_grad():
-        if x.shape[0] == 1:
-            return body(x[0]).unsqueeze(0), dict(body.named_parameters())
-        leaves = {n: params[n].detach().requires_grad_(True) for n, _ in body.named_parameters()}
-        return stacked_forward(body, leaves, x), leaves
+        if clients is None:
+            trained = trainable(body)
+            leaves = {n: params[n].detach().requires_grad_(True) for n in trained}
+            fixed = {n: params[n] for n in body.state_dict() if n in params and n not in trained}
+            out = stacked_forward(body, leaves | fixed, x)
+            return out, lambda grad: dict(zip(leaves, torch.autograd.grad(out, list(leaves.values()), grad)))
+        outs = [module(xk[: int(n)]) if n else None for module, xk, n in zip(clients, x, counts.tolist())]
+        out = _padded(outs, x.shape[1])
+        names = trainable(body)
+        leaves = [p for module in clients for p in module.parameters() if p.requires_grad]
+
+        def grads_of(grad: torch.Tensor) -> Params:
+            found = torch.autograd.grad(out, leaves, grad, allow_unused=True)
+            found = [torch.zeros_like(p) if g is None else g for g, p in zip(found, leaves)]
+            if len(clients) == 1:
+                return {n: g.unsqueeze(0) for n, g in zip(names, found)}
+            return {n: torch.stack(found[i :: len(names)]) for i, n in enumerate(names)}
+
+        return out, grads_of
 
 
-def _bound(model: nn.Module, params: Params) -> nn.Module:
-    """A copy of `model` whose parameters are views of one client's stacked parameters [1, ...],
-    so the optimizer's in-place steps on `params` are what the module computes with; its max pools
-    take ATen's faster channels-last kernel (same values and gradients)."""
-    bound = pooling.with_fast_pools(copy.deepcopy(model))
+def _padded(outs: list[torch.Tensor | None], batch: int) -> torch.Tensor:
+    """The clients' outputs [K, batch, ...], each padded with zeros after its real samples (None: none)."""
+    like = next(o for o in outs if o is not None)
+    if len(outs) == 1 and len(like) == batch:
+        return like.unsqueeze(0)
+    zeros = like.new_zeros(batch, *like.shape[1:])
+    return torch.stack([zeros if o is None else torch.cat([o, zeros[len(o) :]]) for o in outs])
+
+
+def trainable(model: nn.Module) -> list[str]:
+    """The parameters training moves (a factory's module may freeze some); the rest of the state, the
+    buffers among it, is carried along per client."""
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def stateful(model: nn.Module) -> bool:
+    """Whether the model's output for a sample depends on the rest of its batch or on chance
+    (BatchNorm in training, Dropout): then each client trains through its own module call."""
+    return any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)) for m in model.modules())
+
+
+def _bound(model: nn.Module, params: Params, k: int, generator: torch.Generator) -> nn.Module:
+    """A copy of `model` whose parameters and float buffers are views of client k's stacked state, so the
+    optimizer's in-place steps on `params` (and BatchNorm's on its running statistics) are what the
+    module computes with and leaves behind; its dropout draws from the client's generator, and its
+    max pools take ATen's faster channels-last kernel (same values and gradients)."""
+    bound = seeded_dropout(pooling.with_fast_pools(copy.deepcopy(model)), generator)
     for name, p in bound.named_parameters():
-        p.data = params[name][0]
+        p.data = params[name][k]
+    for prefix, module in bound.named_modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            full = f"{prefix}.{name}" if prefix else name
+            # an integer buffer (BatchNorm's step counter) is not trained state: left as the round
+            # began, so it does not count as the clients' update in norms, distances and detection
+            if full in params and buffer.is_floating_point():
+                module._buffers[name] = params[full][k]
     return bound
+
+
+def seeded_dropout(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """`model` with each Dropout drawing its masks from `generator` (in place): the global RNG is
+    shared by the worker threads, so its draws would depend on their timing. Same distribution as
+    torch's: a mask of Bernoulli(1 - p) keeps, scaled by 1 / (1 - p); Dropout1d/2d/3d drop whole
+    channels."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.forward = functools.partial(_dropout, module, generator)
+    return model
+
+
+def _dropout(module: nn.Module, generator: torch.Generator, x: torch.Tensor) -> torch.Tensor:
+    if not module.training or module.p == 0:
+        return x
+    shape = x.shape if type(module) is nn.Dropout else (*x.shape[:2], *[1] * (x.dim() - 2))
+    # drawn on the CPU, so a client's masks are the same on every device
+    keep = torch.empty(shape).bernoulli_(1 - module.p, generator=generator).to(x.device, x.dtype)
+    return x * keep / (1 - module.p) if module.p < 1 else x * keep
 
 
 @functools.lru_cache(maxsize=16)
@@ -182,8 +254,9 @@ def _train_chunk(
     for k, rows in enumerate(client_rows):
         table[k, : len(rows)] = rows
     body, layers = kernels.split(model)
-    if body is not None and len(client_rows) == 1:
-        body = _bound(body, params)
+    clients = None
+    if body is not None and (len(client_rows) == 1 or stateful(body)):
+        clients = [_bound(body, params, i, g) for i, g in enumerate(generators)]
     # plain SGD without a gradient hook is fused into the head's backward pass; a finished client's
     # zero weights give it exactly zero gradients there, so it needs no mask
     fused_lr = recipe.lr if layers and recipe.optimizer == "sgd" and not recipe.momentum and adjust is None else None
@@ -195,7 +268,7 @@ def _train_chunk(
     if fused_lr is not None and body is None and len(layers) > 1:
         loss_sum = kernels.sgd_steps(params, layers, flat, steps_rows, steps_labels, sample_weights, fused_lr)
     else:
-        state = optim.init_state(params, recipe.optimizer)
+        state = optim.init_state({n: params[n] for n in trainable(model)}, recipe.optimizer)
         loss_sum = torch.zeros(k)
         # MLP steps gather their flat rows with index_select into one reused buffer: several times
         # faster than advanced indexing of [N, C, H, W], and a fresh allocation this size is a fresh mmap
@@ -204,13 +277,13 @@ def _train_chunk(
             if body is None:
                 features = torch.index_select(flat, 0, rows.view(-1), out=batch).view(*rows.shape, -1)
             else:
-                features, leaves = _body_forward(body, params, images[rows])
+                features, body_grads = _body_forward(body, clients, params, images[rows], counts[s])
             acts = kernels.forward(params, layers, features.detach())
             loss, grad_logits = kernels.cross_entropy(acts.pop(), y, sample_weights[s])
             grads = kernels.backward(params, layers, acts, grad_logits, sgd_lr=fused_lr, input_grad=body is not None)
             if body is not None:
                 grad_features = grads.pop("input").view_as(features)
-                grads.update(zip(leaves, torch.autograd.grad(features, list(leaves.values()), grad_features)))
+                grads.update(body_grads(grad_features))
             loss_sum += loss
             if adjust is not None:
                 grads = adjust(params, grads)
@@ -297,8 +370,13 @@ def evaluate(
     forward = vmap(lambda p, xb: functional_call(model, p, (xb,)), in_dims=(0, None))
     m = next(iter(params.values())).shape[0]
     correct, loss = torch.zeros(m), torch.zeros(m)
-    for x, y in zip(images.split(chunk), labels.split(chunk)):
-        logits = forward(params, x)
-        correct += (logits.argmax(-1) == y).sum(1)
-        loss += F.cross_entropy(logits.transpose(1, 2), y.expand(m, -1), reduction="none").sum(1)
+    was_training = model.training
+    model.eval()  # BatchNorm from each model's running statistics, no Dropout
+    try:
+        for x, y in zip(images.split(chunk), labels.split(chunk)):
+            logits = forward(params, x)
+            correct += (logits.argmax(-1) == y).sum(1)
+            loss += F.cross_entropy(logits.transpose(1, 2), y.expand(m, -1), reduction="none").sum(1)
+    finally:
+        model.train(was_training)
     return correct / len(labels), loss / len(labels)

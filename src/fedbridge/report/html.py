@@ -91,7 +91,7 @@ def page(title: str, sections: list[str]) -> str:
 
 
 def predictions(exp: Experiment, params: dict, images: torch.Tensor, num_classes: int) -> torch.Tensor:
-    model = build_model(exp.model, tuple(images.shape[1:]), num_classes)
+    model = build_model(exp.model, tuple(images.shape[1:]), num_classes).eval()  # BatchNorm by running statistics, no Dropout
     return torch.cat([stacked_forward(model, params, x.unsqueeze(0))[0].argmax(-1) for x in images.split(2000)])
 
 
