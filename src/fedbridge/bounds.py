@@ -3,7 +3,8 @@
 `check_fits(exp, dataset)` refuses, with a ConfigError naming the key, its value and the fix, what
 validation alone cannot know and training would only find out later (a traceback, or a
 MemoryError, after the run directory exists and blocks the corrected re-run): a profile that does
-not fit the images, and a run whose memory, estimated from the data, the model and the config,
+not fit the images, a model that does not fit the data (models.build_model checks a factory's),
+FedBN's keep_local on a model without normalisation layers, and a run whose memory, estimated from the data, the model and the config,
 exceeds the machine's.
 
 The estimate counts what the study holds at once while it trains: the dataset and its federation,
@@ -28,8 +29,9 @@ from fedbridge import kernels
 from fedbridge.data.datasets import Dataset
 from fedbridge.errors import ConfigError
 from fedbridge.experiment import IID, Experiment, Shards, Sizes
-from fedbridge.models import build_model, state_size
+from fedbridge.models import build_model, norm_state, state_size
 from fedbridge.schema import POOLED
+from fedbridge.strategies import registry
 
 # test images local.evaluate scores at once: every evaluated model's activations for this many
 EVAL_CHUNK = 2000
@@ -53,6 +55,10 @@ def check_fits(exp: Experiment, dataset: Dataset) -> None:
     """Refuse `exp` on `dataset` if a profile does not fit the images or the run does not fit in memory."""
     shape = dataset.input_shape
     _profiles_fit(exp, shape, dataset.name)
+    if registry.kept_local(exp.strategy) and not norm_state(build_model(exp.model, shape, dataset.num_classes)):
+        raise ConfigError(f"strategy.keep_local = {registry.kept_local(exp.strategy)}: model = {exp.model!r} has no "
+                          "normalisation layers (BatchNorm, LayerNorm, GroupNorm, InstanceNorm) to keep; drop "
+                          "strategy.keep_local or choose a model with them")
     available = machine_memory()
     needs = memory_needs(exp, dataset, shape)
     total = sum(n.bytes for n in needs)

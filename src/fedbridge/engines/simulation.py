@@ -14,15 +14,20 @@ from fedbridge import rounds
 from fedbridge.experiment import Experiment, Method, Role
 from fedbridge.federation import Federation
 from fedbridge.local import GradientAdjust, Recipe, client_generator, evaluate, local_update
-from fedbridge.models import build_model
+from fedbridge.models import build_model, norm_state
 from fedbridge.optim import Params
 from fedbridge.strategies import registry
 from fedbridge.strategies.api import ClientUpdates, LocalTrain, ServerState, Strategy
+from fedbridge.strategies.keep_local import keep_local
 from fedbridge.strategies.local_only import LOCAL_ONLY
 
 
-def strategy_for(method: Method, exp: Experiment) -> Strategy:
-    return LOCAL_ONLY if method.role is Role.LOCAL else registry.build(method.strategy, exp.setup)
+def strategy_for(method: Method, exp: Experiment, model: torch.nn.Module) -> Strategy:
+    if method.role is Role.LOCAL:
+        return LOCAL_ONLY
+    strategy = registry.build(method.strategy, exp.setup)
+    # "bn" is the only kind keep_local takes so far: every normalisation layer
+    return keep_local(strategy, norm_state(model)) if registry.kept_local(method.strategy) else strategy
 
 
 def participants(method: Method, federation: Federation) -> list[torch.Tensor]:
@@ -82,5 +87,5 @@ def train(method: Method, federation: Federation, exp: Experiment, seed: int,
     model = build_model(exp.model, federation.input_shape, federation.num_classes)
     rows = participants(method, federation)
     profiles = [c.profile for c in federation.clients]
-    return rounds.train(strategy_for(method, exp), transport(model, federation, rows, rounds.recipe(exp), seed),
+    return rounds.train(strategy_for(method, exp, model), transport(model, federation, rows, rounds.recipe(exp), seed),
                         rounds.initial_model(model, seed), rounds.schedule(method, exp, seed, profiles), on_round, resume)

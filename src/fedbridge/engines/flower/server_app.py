@@ -97,9 +97,10 @@ def writable_out_dir(out: Path) -> None:
 def deployable(exp: Experiment) -> None:
     """Refuse, before anything starts, a strategy the ClientApp cannot run yet: those with client-side
     steps or per-client models (StrategySpec.flower)."""
-    if not registry.spec(exp.strategy).flower:
+    if not registry.spec(exp.strategy).flower or registry.kept_local(exp.strategy):
         raise ConfigError(
-            f"strategy.name = {exp.strategy.name!r} needs client-side steps or per-client models, which run on the "
+            f"strategy.name = {exp.strategy.name!r}{' with keep_local' if registry.kept_local(exp.strategy) else ''} needs "
+            "client-side steps or per-client models, which run on the "
             "simulation engine only so far; on Flower use a server-side strategy such as fedavg"
         )
 
