@@ -3,7 +3,7 @@
 `check_fits(exp, dataset)` refuses, with a ConfigError naming the key, its value and the fix, what
 validation alone cannot know and training would only find out later (a traceback, or a
 MemoryError, after the run directory exists and blocks the corrected re-run): a profile that does
-not fit the images, a model that does not fit the data (models.build_model checks a factory's),
+not fit the images, train.device = "cuda" without a GPU, a model that does not fit the data (models.build_model checks a factory's),
 FedBN's keep_local on a model without normalisation layers, and a run whose memory, estimated from the data, the model and the config,
 exceeds the machine's.
 
@@ -55,6 +55,10 @@ def check_fits(exp: Experiment, dataset: Dataset) -> None:
     """Refuse `exp` on `dataset` if a profile does not fit the images or the run does not fit in memory."""
     shape = dataset.input_shape
     _profiles_fit(exp, shape, dataset.name)
+    if exp.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = 'cuda', but torch {torch.__version__} finds no CUDA GPU here "
+                          f"({'a CPU-only build' if torch.version.cuda is None else 'no device visible'}); use "
+                          "train.device = 'cpu', or 'auto' to take a GPU where there is one")
     if registry.kept_local(exp.strategy) and not norm_state(build_model(exp.model, shape, dataset.num_classes)):
         raise ConfigError(f"strategy.keep_local = {registry.kept_local(exp.strategy)}: model = {exp.model!r} has no "
                           "normalisation layers (BatchNorm, LayerNorm, GroupNorm, InstanceNorm) to keep; drop "

@@ -112,6 +112,9 @@ class Train(Strict):
     local_epochs: int = Field(default=1, ge=1, le=MAX_LOCAL_EPOCHS)
     rounds: int = Field(ge=1, le=MAX_ROUNDS)
     client_fraction: float = Field(default=1.0, gt=0, le=1)
+    # "auto": a CUDA GPU where torch finds one; "cpu" by default, so a seed's results are the same
+    # on every machine (a GPU's float rounding differs from the CPU's)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
 
 
 class Eval(Strict):

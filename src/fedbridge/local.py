@@ -51,6 +51,7 @@ class Recipe:
     batch_size: int
     local_epochs: int
     momentum: float = 0.0
+    device: str = "cpu"  # "cpu" or "cuda" (train.device, resolved)
 
 
 @dataclass
@@ -80,13 +81,14 @@ def batch_schedule(
     DataLoader without drop_last). Padding slots have weight 0; S is the longest client's steps.
     """
     steps = [epochs * -(-n // batch_size) for n in sizes]
-    positions = torch.zeros(max(steps), len(sizes), batch_size, dtype=torch.long)
-    weights = torch.zeros(max(steps), len(sizes), batch_size)
+    # on the CPU whatever the training device: the generators are CPU generators
+    positions = torch.zeros(max(steps), len(sizes), batch_size, dtype=torch.long, device="cpu")
+    weights = torch.zeros(max(steps), len(sizes), batch_size, device="cpu")
     for k, (n, gen) in enumerate(zip(sizes, generators)):
         # each epoch's permutation padded with -1 to whole batches: one tensor op per client, not per batch
-        padded = torch.full((epochs, steps[k] // epochs * batch_size), -1, dtype=torch.long)
+        padded = torch.full((epochs, steps[k] // epochs * batch_size), -1, dtype=torch.long, device="cpu")
         for e in range(epochs):
-            padded[e, :n] = torch.randperm(n, generator=gen)
+            padded[e, :n] = torch.randperm(n, generator=gen, device="cpu")
         padded = padded.view(steps[k], batch_size)
         positions[: steps[k], k] = padded.clamp_min(0)
         weights[: steps[k], k] = (padded >= 0).float()
@@ -192,7 +194,7 @@ def _dropout(module: nn.Module, generator: torch.Generator, x: torch.Tensor) -> 
         return x
     shape = x.shape if type(module) is nn.Dropout else (*x.shape[:2], *[1] * (x.dim() - 2))
     # drawn on the CPU, so a client's masks are the same on every device
-    keep = torch.empty(shape).bernoulli_(1 - module.p, generator=generator).to(x.device, x.dtype)
+    keep = torch.empty(shape, device="cpu").bernoulli_(1 - module.p, generator=generator).to(x.device, x.dtype)
     return x * keep / (1 - module.p) if module.p < 1 else x * keep
 
 
@@ -245,7 +247,7 @@ def _train_chunk(
 ) -> LocalResult:
     params = {n: p.detach().clone() for n, p in params.items()}
     sizes = [len(r) for r in client_rows]
-    positions, weights = batch_schedule(sizes, recipe.batch_size, recipe.local_epochs, generators)
+    positions, weights = (t.to(images.device) for t in batch_schedule(sizes, recipe.batch_size, recipe.local_epochs, generators))
     counts = weights.sum(2)  # [S, K] real samples per client and step
     # each client's loss is the mean over its own real samples, so its gradient is its own
     sample_weights = weights / counts.clamp_min(1).unsqueeze(2)
@@ -327,13 +329,16 @@ def local_update(
     thread is descheduled (2NN rounds 30x slower were measured at load 13 on 2 cores);
     `torch.set_num_threads(1)` avoids that there.
     """
+    if images.device.type != recipe.device:
+        return _on_device(model, params, images, labels, client_rows, recipe, generators, adjust)
     k = len(client_rows)
     if adjust is not None:
         return _train_chunk(model, params, images, labels, client_rows, recipe, generators, adjust)
     # conv steps are long enough for workers to run free of the GIL; an MLP step is dozens of tiny
     # kernels, and two Python workers contending for the GIL measured 1.07-1.5x slower than one
     # stream of clients with every thread inside each kernel (McMahan rounds, 2 threads)
-    workers = 1 if kernels.split(model)[0] is None else min(torch.get_num_threads(), k)
+    # a GPU runs one client's kernels after another's on its one stream: no workers there
+    workers = 1 if kernels.split(model)[0] is None or recipe.device != "cpu" else min(torch.get_num_threads(), k)
     chunk = clients_per_chunk(
         model, params, tuple(images.shape[1:]), recipe, max(len(r) for r in client_rows), MEMORY_BUDGET // workers
     )
@@ -362,11 +367,48 @@ def local_update(
     return out
 
 
+def _on_device(
+    model: nn.Module, params: Params, images: torch.Tensor, labels: torch.Tensor, client_rows: list[torch.Tensor],
+    recipe: Recipe, generators: list[torch.Generator], adjust: GradientAdjust | None,
+) -> LocalResult:
+    """`local_update` on recipe.device: the model, its state and the data moved there (the data once,
+    and kept), every tensor the engine makes there too, and the result brought back to the CPU."""
+    device = torch.device(recipe.device)
+    if adjust is not None:  # a strategy's hook computes with its own state, on the CPU
+        inner = adjust
+        adjust = lambda p, g: _to(inner(_to(p, "cpu"), _to(g, "cpu")), device)  # noqa: E731
+    with torch.device(device):
+        result = local_update(copy.deepcopy(model).to(device), _to(params, device), resident(images, device),
+                              resident(labels, device), client_rows, recipe, generators, adjust)
+    return LocalResult(_to(result.params, "cpu"), result.steps.cpu(), result.loss.cpu())
+
+
+def _to(params: Params, device) -> Params:
+    return {n: p.to(device) for n, p in params.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def resident(data: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`data` on `device`, copied there once: a federation's images serve every round."""
+    return data.to(device)
+
+
+def resolve_device(device: str) -> str:
+    """train.device as the engine takes it: "auto" is "cuda" where torch finds a GPU, else "cpu"."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, params: Params, images: torch.Tensor, labels: torch.Tensor, chunk: int = 2000
+    model: nn.Module, params: Params, images: torch.Tensor, labels: torch.Tensor, chunk: int = 2000, device: str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accuracy [M] and mean cross-entropy [M] of M stacked models on one test set."""
+    """Accuracy [M] and mean cross-entropy [M] of M stacked models on one test set (on `device`)."""
+    if images.device.type != device:
+        on = torch.device(device)
+        with torch.device(on):
+            accuracy, loss = evaluate(copy.deepcopy(model).to(on), _to(params, on), resident(images, on),
+                                      resident(labels, on), chunk, device)
+        return accuracy.cpu(), loss.cpu()
     forward = vmap(lambda p, xb: functional_call(model, p, (xb,)), in_dims=(0, None))
     m = next(iter(params.values())).shape[0]
     correct, loss = torch.zeros(m), torch.zeros(m)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from fedbridge.experiment import Experiment, Method, Role, clients_per_round
-from fedbridge.local import Recipe, client_generator
+from fedbridge.local import Recipe, client_generator, resolve_device
 from fedbridge.models import init_params
 from fedbridge.optim import Params
 from fedbridge.schema import Diagnostic, Record
@@ -53,7 +53,7 @@ OnRound = Callable[[int, list[Record], list[Diagnostic], ServerState], None]
 
 def recipe(exp: Experiment) -> Recipe:
     t = exp.train
-    return Recipe(t.optimizer, t.lr, t.batch_size, t.local_epochs, t.momentum)
+    return Recipe(t.optimizer, t.lr, t.batch_size, t.local_epochs, t.momentum, resolve_device(t.device))
 
 
 def schedule(method: Method, exp: Experiment, seed: int, profiles: list[str]) -> Schedule:

@@ -36,16 +36,18 @@ def participants(method: Method, federation: Federation) -> list[torch.Tensor]:
     return [torch.cat(rows)] if method.role is Role.POOLED else rows
 
 
-def evaluate_clients(model: torch.nn.Module, params: Params, federation: Federation, cross: bool) -> list[rounds.Score]:
+def evaluate_clients(model: torch.nn.Module, params: Params, federation: Federation, cross: bool,
+                     device: str = "cpu") -> list[rounds.Score]:
     """Each client's model (row of `params`, or the one global model) on its own and the clean test
     set, and with `cross`, on every other client's own test data."""
     clients = federation.clients
     m = next(iter(params.values())).shape[0]
     out = []
-    clean_acc, clean_loss = evaluate(model, params, federation.clean_test_images, federation.clean_test_labels)
+    clean_acc, clean_loss = evaluate(model, params, federation.clean_test_images, federation.clean_test_labels,
+                                     device=device)
     for target in clients:
         # every model on this test set in one batched call, then read off the rows we need
-        acc, loss = evaluate(model, params, target.test_images, target.test_labels)
+        acc, loss = evaluate(model, params, target.test_images, target.test_labels, device=device)
         for c in clients:
             i = c.index if m > 1 else 0
             if c is target:
@@ -75,7 +77,7 @@ def transport(model: torch.nn.Module, federation: Federation, rows: list[torch.T
 
         return train
 
-    return rounds.Transport(len(rows), local, lambda params, round_, cross: evaluate_clients(model, params, federation, cross))
+    return rounds.Transport(len(rows), local, lambda params, round_, cross: evaluate_clients(model, params, federation, cross, how.device))
 
 
 
