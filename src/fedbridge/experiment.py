@@ -117,6 +117,10 @@ class Train(Strict):
     device: Literal["cpu", "cuda", "auto"] = "cpu"
 
 
+class Log(Strict):
+    tensorboard: bool = False  # TensorBoard event files per client and test set (fedbridge.events)
+
+
 class Eval(Strict):
     every: int = Field(default=1, ge=1)  # rounds between evaluations; the last round always counts
     cross_clients: bool = True  # final models on every other client's own test data
@@ -136,6 +140,7 @@ class Experiment(Strict):
     # "fedavg": FedAvg beside another strategy (e.g. a personalized one), trained on the same federation
     baselines: list[Literal["local", "fedavg", "pooled"]] = ["local", "pooled"]
     eval: Eval = Eval()
+    log: Log = Log()
 
     @property
     def n_clients(self) -> int:

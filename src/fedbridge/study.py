@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from fedbridge import detection, lock, results
+from fedbridge import detection, events, lock, results
 from fedbridge.bounds import check_fits
 from fedbridge.engines import simulation
 from fedbridge.errors import ConfigError
@@ -72,6 +72,8 @@ class _Writer:
         params = train(method, federation, self.exp, seed, on_round, **more)
         seconds[method.name].append(time.perf_counter() - start)
         results.save_weights(self.out, seed, method.name, params)
+        if self.exp.log.tensorboard:
+            events.write(self.out, seed, method.name, results.read_metrics(self.out))
         clean = [r["accuracy"] for r in self.final
                  if r["seed"] == seed and r["method"] == method.name and r["test_set"] == "clean"]
         say(self.progress, self.quiet,
@@ -113,6 +115,7 @@ def run_study(
     """
     dataset, exp, note = resolve_dataset(exp, data_dir)
     check_fits(exp, dataset)  # before every seed's partition is drawn and held, and before the run directory
+    events.check(exp.log.tensorboard)
     seeds = [exp.seed + i for i in range(exp.seeds)]
     # a partition the data cannot give (too few samples, too large a test fraction) fails here,
     # before a run directory exists that would block re-running with the value fixed
