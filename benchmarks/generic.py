@@ -10,6 +10,7 @@ A model goes through the generic path when the kernels do not recognise it; here
 wrapped in one more nn.Sequential for that (the same layers, the same initial draws).
 """
 
+import platform
 import statistics
 import time
 
@@ -23,6 +24,10 @@ from fedbridge.reference import reference_update
 from fedbridge.rounds import initial_model
 
 CIFAR_CLIENTS, CIFAR_SAMPLES = 10, 500
+# what each model's round is timed with: the generic path against the kernels (where they apply) and
+# the loop; vmap over the stacked clients is the alternative the generic path was chosen against
+CASES = {"mlp": ("kernels", "generic", "vmap", "loop"), "2nn": ("kernels", "generic", "vmap", "loop"),
+         "cifar-cnn": ("generic", "vmap", "loop")}
 
 
 def _all_at_once(model, start, images, labels, rows, recipe, generators):
@@ -43,8 +48,6 @@ METHODS = {
 
 def device() -> str:
     """Where the engine ran: this benchmark trains on the CPU (train.device = "cpu")."""
-    import platform
-
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 

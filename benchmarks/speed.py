@@ -1,7 +1,7 @@
 """How fast fedbridge trains a federation, side by side with a per-client loop and Flower, in one run.
 
     python -m benchmarks.speed [--quick] [--trials N] [--rounds N] [--threads N] [--json PATH]
-                               [--only yardstick,rounds,cnn,job,scaling,seed]
+                               [--only yardstick,rounds,cnn,job,scaling,seed,generic]
 
 Sections (all measured in this run, on this machine):
   yardstick  the dense float32 limit: best GFLOP/s of torch.mm (MKL) and of a oneDNN convolution
@@ -12,6 +12,9 @@ Sections (all measured in this run, on this machine):
   job        a 15-round 2NN job end to end (process start to test accuracy): fedbridge vs Flower
   scaling    s/round and peak RSS at 10, 100 and 1,000 clients per round (2NN, E=1)
   seed       `fedbridge run configs/seed.toml` end to end
+  generic    the generic path for any nn.Module (benchmarks/generic.py) on the MLP and 2NN rounds against
+             the kernels and the loop, and on the CIFAR CNN (LeNet-5) round against the loop; not in
+             the default run (--only generic)
 
 Methods are interleaved within each trial, so a burst of load on a shared machine hits all of
 them; each figure is the median over trials of the trial's median s/round, with the spread
@@ -38,7 +41,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from benchmarks import entry, mcmahan_setup as setup, positive_int, results_file
+from benchmarks import entry, generic, mcmahan_setup as setup, positive_int, results_file
 from fedbridge.errors import FedbridgeError
 from fedbridge.local import Recipe, local_update
 from fedbridge.reference import reference_update
@@ -46,6 +49,7 @@ from fedbridge.rounds import initial_model
 
 ROOT = Path(__file__).parent.parent
 SECTIONS = ("yardstick", "rounds", "cnn", "job", "scaling", "seed")
+EXTRA_SECTIONS = ("generic",)  # run only when named in --only
 # the loop also runs single-threaded: one thread often beats two on its tiny kernels, and the
 # ratios are taken against whichever of the two is faster in that trial
 METHODS = {"batched": (local_update, None), "loop": (reference_update, None), "loop-1-thread": (reference_update, 1)}
@@ -266,6 +270,8 @@ def show(report: dict, console: Console) -> None:
             t.add_row(str(r["clients_per_round"]), f"{r['s_per_round']:.3f}",
                       f"{100 * r['s_per_round'] / r['clients_per_round']:.3f}", f"{r['peak_rss_mb']:.0f}")
         console.print(t)
+    if "generic" in report:
+        generic.show_rows(report["generic"], console)
     if "seed" in report:
         s = report["seed"]
         console.print("seed study end to end, s: " + (fmt(s["seconds"], 1) if "seconds" in s else f"failed: {s['error']}"))
@@ -284,8 +290,8 @@ def main() -> None:
     results_file(args.json)
     console = Console(width=max(Console().width, 140))
     sections = [s.strip() for s in args.only.split(",")]
-    if unknown := set(sections) - set(SECTIONS):
-        parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    if unknown := set(sections) - set(SECTIONS) - set(EXTRA_SECTIONS):
+        parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS + EXTRA_SECTIONS)}")
     trials, rounds = (2, 3) if args.quick else (args.trials, args.rounds)
     torch.set_num_threads(args.threads)
     with_flower = not args.no_flower and importlib.util.find_spec("flwr") is not None
@@ -300,7 +306,7 @@ def main() -> None:
     if "yardstick" in sections or "rounds" in sections or "cnn" in sections:
         report["yardstick"] = yardstick()
         limit = report["yardstick"]["limit_gflops"]
-    fed = setup.federation(setup.load_mnist()) if {"rounds", "cnn"} & set(sections) else None
+    fed = setup.federation(setup.load_mnist()) if {"rounds", "cnn", "generic"} & set(sections) else None
     if "rounds" in sections:
         report["rounds"] = rounds_section(fed, trials, rounds, with_flower, limit, console)
     if "cnn" in sections:
@@ -311,6 +317,8 @@ def main() -> None:
         report["scaling"] = scaling_section([10, 100] if args.quick else [10, 100, 1000], 2 if args.quick else 3, args.threads)
     if "seed" in sections:
         report["seed"] = seed_section(trials)
+    if "generic" in sections:
+        report["generic"] = generic.generic_section(fed, trials, rounds, generic.CASES)
     report["machine"]["load_average_at_end"] = os.getloadavg()
     show(report, console)
     args.json.write_text(json.dumps(report, indent=2))

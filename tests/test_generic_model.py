@@ -6,7 +6,7 @@ import torch
 
 from conftest import CONFIGS
 from fedbridge import local
-from fedbridge.errors import ConfigError
+from fedbridge.errors import ConfigError, DataError
 from fedbridge.experiment import load_experiment
 from fedbridge.local import Recipe, client_generator, evaluate, local_update
 from fedbridge.models import build_model, init_params
@@ -130,3 +130,11 @@ def test_a_custom_model_runs_end_to_end(tmp_path):
                  "--set", "train.rounds=2", "--set", f"model={MIXED}", "--out", out)
     assert result.exit_code == 0, result.output
     assert (out / "summary.json").exists()
+
+
+def test_a_batch_of_one_sample_under_batchnorm_is_named_not_a_traceback():
+    images, labels, rows = _data()  # 23, 7 and 16 samples: batches of 11 leave 23 one over
+    model = build_model(MIXED, SHAPE, 10)
+    params = {n: p.expand(len(SIZES), *p.shape).clone() for n, p in init_params(model, client_generator(0, 10)).items()}
+    with pytest.raises(DataError, match="client with 23 training samples has a last batch of 1 sample at train.batch_size = 11"):
+        local_update(model, params, images, labels, rows, Recipe("sgd", 0.1, 11, 1), [torch.Generator()] * 3)

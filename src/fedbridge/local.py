@@ -27,6 +27,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from fedbridge import kernels, optim, pooling
+from fedbridge.errors import DataError
 from fedbridge.optim import Params
 
 # Working memory for one chunk of clients (parameters, gradients, optimizer state, activations).
@@ -249,6 +250,11 @@ def _train_chunk(
     sizes = [len(r) for r in client_rows]
     positions, weights = (t.to(images.device) for t in batch_schedule(sizes, recipe.batch_size, recipe.local_epochs, generators))
     counts = weights.sum(2)  # [S, K] real samples per client and step
+    if (counts == 1).any() and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        n = sizes[int((counts == 1).any(0).nonzero()[0])]
+        raise DataError(f"a client with {n} training samples has a last batch of 1 sample at train.batch_size = "
+                        f"{recipe.batch_size}, and the model's BatchNorm cannot normalise a batch of one; choose a "
+                        "train.batch_size that leaves every client's last batch at least 2 samples")
     # each client's loss is the mean over its own real samples, so its gradient is its own
     sample_weights = weights / counts.clamp_min(1).unsqueeze(2)
     # one padded row table, so every client's batches are gathered with a single index
