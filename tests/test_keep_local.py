@@ -3,6 +3,7 @@
 import torch
 
 from conftest import CONFIGS
+from fedbridge.api import open_run
 from fedbridge.experiment import load_experiment
 from fedbridge.models import build_model, norm_state
 from fedbridge.strategies.api import ClientUpdates
@@ -54,5 +55,10 @@ def test_fedbn_runs_end_to_end_and_refuses_a_model_without_normalisation(tmp_pat
             "--set", "strategy.keep_local=['bn']"]
     result = run("run", CONFIGS / "seed.toml", *tiny, "--set", "model=custom_models:batch_normed", "--out", tmp_path / "bn")
     assert result.exit_code == 0, result.output
+    # the saved weights hold one model per client: the shared layers equal, the BatchNorm each one's own
+    study = open_run(tmp_path / "bn")
+    first, second = (study.model(client=c, method="fedavg") for c in (1, 2))
+    assert torch.equal(first[1].weight, second[1].weight)
+    assert not torch.equal(first[2].running_mean, second[2].running_mean) and not first.training
     result = run("run", CONFIGS / "seed.toml", *tiny, "--out", tmp_path / "mlp")
     assert result.exit_code == 2 and "no normalisation layers" in result.output and not (tmp_path / "mlp").exists()
