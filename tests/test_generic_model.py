@@ -47,6 +47,16 @@ def test_generic_path_equals_the_reference_loop(optimizer):
 
 
 @pytest.mark.parametrize("optimizer", list(RECIPES))
+def test_a_model_without_batch_statistics_trains_under_vmap_as_the_reference_loop(optimizer):
+    model = "custom_models:normed"
+    assert not local.per_client(build_model(model, SHAPE, 10))
+    engine = fedavg_rounds(local_update, model, RECIPES[optimizer])
+    loop = fedavg_rounds(reference_update, model, RECIPES[optimizer])
+    for n in engine:
+        assert (engine[n] - loop[n]).abs().max() <= 1e-5, n
+
+
+@pytest.mark.parametrize("optimizer", list(RECIPES))
 def test_generic_path_equals_the_reference_loop_in_float64(optimizer):
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)

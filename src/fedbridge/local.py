@@ -124,7 +124,9 @@ def _body_forward(
             leaves = {n: params[n].detach().requires_grad_(True) for n in trained}
             fixed = {n: params[n] for n in body.state_dict() if n in params and n not in trained}
             out = stacked_forward(body, leaves | fixed, x)
-            return out, lambda grad: dict(zip(leaves, torch.autograd.grad(out, list(leaves.values()), grad)))
+            # contiguous: vmap's weight gradients come transposed, and torch's fused Adam (optim.step)
+            # misreads a gradient whose strides differ from its parameter's
+            return out, lambda grad: {n: g.contiguous() for n, g in zip(leaves, torch.autograd.grad(out, list(leaves.values()), grad))}
         outs = [module(xk[: int(n)]) if n else None for module, xk, n in zip(clients, x, counts.tolist())]
         out = _padded(outs, x.shape[1])
         names = trainable(body)
@@ -134,7 +136,7 @@ def _body_forward(
             found = torch.autograd.grad(out, leaves, grad, allow_unused=True)
             found = [torch.zeros_like(p) if g is None else g for g, p in zip(found, leaves)]
             if len(clients) == 1:
-                return {n: g.unsqueeze(0) for n, g in zip(names, found)}
+                return {n: g.contiguous().unsqueeze(0) for n, g in zip(names, found)}
             return {n: torch.stack(found[i :: len(names)]) for i, n in enumerate(names)}
 
         return out, grads_of
@@ -159,6 +161,19 @@ def stateful(model: nn.Module) -> bool:
     """Whether the model's output for a sample depends on the rest of its batch or on chance
     (BatchNorm in training, Dropout): then each client trains through its own module call."""
     return any(isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)) for m in model.modules())
+
+
+def per_client(model: nn.Module) -> bool:
+    """Whether the clients train one module call each (on the worker pool), or stacked under vmap.
+
+    What the kernels do not cover goes one client per call when it convolves (issue 4's measurements
+    above CONV_CLIENTS_PER_CHUNK; on the LeNet-5 round, 1 thread, under load: 7.25 s against 7.05 s
+    for vmap and 7.70 s for the loop) or needs its own batch (`stateful`); anything else (Linear,
+    Embedding, LayerNorm, ...) under vmap, which on the McMahan MLP round measured 2.26 s against
+    3.13 s for one call per client (docs/performance.md, "The generic path").
+    """
+    body = kernels.split(model)[0]
+    return body is not None and (stateful(body) or any(isinstance(m, nn.modules.conv._ConvNd) for m in body.modules()))
 
 
 def _bound(model: nn.Module, params: Params, k: int, generator: torch.Generator) -> nn.Module:
@@ -222,7 +237,7 @@ def clients_per_chunk(
     model: nn.Module, params: Params, input_shape: tuple[int, ...], recipe: Recipe, max_size: int, budget: int
 ) -> int:
     """How many clients train together within `budget` bytes of working memory."""
-    if kernels.split(model)[0] is not None:
+    if per_client(model):
         return CONV_CLIENTS_PER_CHUNK
     model_bytes = 4 * sum(p[0].numel() for p in params.values())
     # parameters, gradients and temporaries of that size, plus the optimizer's state
@@ -285,7 +300,9 @@ def _train_chunk(
             if body is None:
                 features = torch.index_select(flat, 0, rows.view(-1), out=batch).view(*rows.shape, -1)
             else:
-                features, body_grads = _body_forward(body, clients, params, images[rows], counts[s])
+                # index_select of flat rows, as for the MLPs, not advanced indexing of [N, C, H, W]
+                x = torch.index_select(flat, 0, rows.view(-1)).view(*rows.shape, *images.shape[1:])
+                features, body_grads = _body_forward(body, clients, params, x, counts[s])
             acts = kernels.forward(params, layers, features.detach())
             loss, grad_logits = kernels.cross_entropy(acts.pop(), y, sample_weights[s])
             grads = kernels.backward(params, layers, acts, grad_logits, sgd_lr=fused_lr, input_grad=body is not None)
@@ -344,7 +361,7 @@ def local_update(
     # kernels, and two Python workers contending for the GIL measured 1.07-1.5x slower than one
     # stream of clients with every thread inside each kernel (McMahan rounds, 2 threads)
     # a GPU runs one client's kernels after another's on its one stream: no workers there
-    workers = 1 if kernels.split(model)[0] is None or recipe.device != "cpu" else min(torch.get_num_threads(), k)
+    workers = 1 if not per_client(model) or recipe.device != "cpu" else min(torch.get_num_threads(), k)
     chunk = clients_per_chunk(
         model, params, tuple(images.shape[1:]), recipe, max(len(r) for r in client_rows), MEMORY_BUDGET // workers
     )
