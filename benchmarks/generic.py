@@ -1,6 +1,7 @@
-"""The generic training path (any nn.Module: fedbridge.local's per-client autograd on the worker pool)
-timed side by side with the hand-written kernels, with vmap over the stacked clients and with the
-per-client reference loop. `python -m benchmarks.speed --only generic` runs it.
+"""The generic training path (any nn.Module the kernels do not cover: fedbridge.local trains the
+clients stacked under vmap, or one module each on the worker pool for convolutions, BatchNorm and
+Dropout) timed side by side with the hand-written kernels and with the per-client reference loop.
+`python -m benchmarks.speed --only generic` runs it.
 
   MLP and 2NN  the McMahan MNIST round (10 of 100 clients x 600 images, B=10, E=1, plain SGD)
   CIFAR CNN    cifar-cnn (LeNet-5) on 10 clients x 500 images of 3x32x32, B=10, E=1 (random pixels:
@@ -10,6 +11,7 @@ A model goes through the generic path when the kernels do not recognise it; here
 wrapped in one more nn.Sequential for that (the same layers, the same initial draws).
 """
 
+import argparse
 import platform
 import statistics
 import time
@@ -17,7 +19,7 @@ import time
 import torch
 from torch import nn
 
-from benchmarks import mcmahan_setup as setup
+from benchmarks import entry, mcmahan_setup as setup, positive_int
 from fedbridge.local import Recipe, local_update
 from fedbridge.models import build_model
 from fedbridge.reference import reference_update
@@ -25,9 +27,9 @@ from fedbridge.rounds import initial_model
 
 CIFAR_CLIENTS, CIFAR_SAMPLES = 10, 500
 # what each model's round is timed with: the generic path against the kernels (where they apply) and
-# the loop; vmap over the stacked clients is the alternative the generic path was chosen against
-CASES = {"mlp": ("kernels", "generic", "vmap", "loop"), "2nn": ("kernels", "generic", "vmap", "loop"),
-         "cifar-cnn": ("generic", "vmap", "loop")}
+# the loop; on the CNN also vmap over the stacked clients, the alternative the generic path's one
+# module per client was chosen against
+CASES = {"mlp": ("kernels", "generic", "loop"), "2nn": ("kernels", "generic", "loop"), "cifar-cnn": ("generic", "vmap", "loop")}
 
 
 def _all_at_once(model, start, images, labels, rows, recipe, generators):
@@ -106,3 +108,30 @@ def show_rows(rows: list[dict], console) -> None:
         parts = ", ".join(f"{name} {statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})" for name, v in t.items())
         ratios = ", ".join(f"{k.replace('_over_', ' / ')} {v:.2f}" for k, v in r.items() if "_over_" in k)
         console.print(f"generic path, {r['model']} round E=1 on {r['device']}, s/round: {parts}; {ratios}")
+
+
+def main() -> None:
+    """python -m benchmarks.generic [--models mlp,2nn,cifar-cnn] [--methods kernels,generic,vmap,loop]
+    [--trials N] [--rounds N] [--threads N]: each time as it is measured (the figures of
+    docs/performance.md, "The generic path")."""
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--models", default="mlp,2nn,cifar-cnn")
+    parser.add_argument("--methods", default="kernels,generic,vmap,loop")
+    parser.add_argument("--trials", type=positive_int, default=2)
+    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    mnist = setup.federation(setup.load_mnist())
+    cases = {"mlp": (mnist, 0.1), "2nn": (mnist, 0.1), "cifar-cnn": (cifar_federation(), 1.0)}
+    print(f"device: {device()}", flush=True)
+    for trial in range(args.trials):
+        for m in args.models.split(","):
+            fed, fraction = cases[m]
+            for name in args.methods.split(","):
+                if not (m == "cifar-cnn" and name == "kernels"):  # LeNet-5's default path is not the kernels alone
+                    print(trial, m, name, f"{time_method(name, fed, m, fraction, args.rounds):.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    entry(main)
