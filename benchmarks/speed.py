@@ -298,7 +298,7 @@ def main() -> None:
     if not with_flower:
         console.print("Flower simulation: skipped (" + ("--no-flower" if args.no_flower else "flwr not installed: pip install -e '.[flower]'") + ")")
     report: dict = {
-        "machine": {"cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
+        "machine": {"cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__, "device": generic.device(),
                     "python": platform.python_version(), "load_average_at_start": os.getloadavg()},
         "settings": {"trials": trials, "rounds": rounds, "lr": LR},
     }
