@@ -136,7 +136,8 @@ class Experiment(Strict):
     clients: list[ClientGroup] = Field(min_length=1)
     model: str = "mlp"  # a built-in (models.MODEL_NAMES) or "package.module:function"
     train: Train
-    strategy: StrategyConfig = FedAvg()
+    # validated, so the default is the config class with keep_local too (registry._with_keep_local)
+    strategy: StrategyConfig = Field(default={"name": "fedavg"}, validate_default=True)
     # "fedavg": FedAvg beside another strategy (e.g. a personalized one), trained on the same federation
     baselines: list[Literal["local", "fedavg", "pooled"]] = ["local", "pooled"]
     eval: Eval = Eval()

@@ -5,7 +5,7 @@ Adding a strategy: write its module (a `Config`, a `build`, a `SPEC`) and add it
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, TypeAdapter, create_model
 
 from fedbridge.schema import LOCAL, POOLED
 from fedbridge.strategies import (
@@ -36,6 +36,11 @@ StrategyConfig = Annotated[Union[tuple(_with_keep_local(spec.config) for spec in
 
 # the baselines beside the strategies in tables ("local" and "pooled" are not strategies)
 BASELINE_TITLES = {LOCAL: "alone", POOLED: "pooled"}
+
+
+def plain(name: str) -> BaseModel:
+    """The config of strategy `name` with its defaults, as a config file's `strategy` table gives it."""
+    return TypeAdapter(StrategyConfig).validate_python({"name": name})
 
 
 def spec(config: Any) -> StrategySpec:

@@ -29,7 +29,6 @@ from fedbridge.experiment import Experiment, load_experiment
 from fedbridge.models import build_model
 from fedbridge.strategies import registry
 from fedbridge.strategies.api import ServerState
-from fedbridge.strategies.fedavg import Config as FedAvg
 
 app = ServerApp()
 
@@ -167,7 +166,7 @@ def connect(grid: Grid, exp: Experiment, config: ConfigRecord, settings: Setting
 def node_experiment(exp: Experiment) -> str:
     """The experiment as the nodes get it. They run the plain local step whatever the strategy, so it
     goes without the strategy: a `custom` rule's module then need not be importable on every node."""
-    return exp.model_copy(update={"strategy": FedAvg()}).model_dump_json()
+    return exp.model_copy(update={"strategy": registry.plain("fedavg")}).model_dump_json()
 
 
 def run(grid: Grid, exp: Experiment, seed: int, settings: Settings, left_out: list[dict]) -> None:
