@@ -1,14 +1,18 @@
 """strategy.keep_local = ["bn"] (FedBN): normalisation layers stay each client's own, by hand."""
 
+import pytest
 import torch
+from rich.console import Console
 
-from conftest import CONFIGS
+from conftest import CONFIGS, invoke, stopping_after
+from fedbridge import results
 from fedbridge.api import open_run
 from fedbridge.experiment import load_experiment
 from fedbridge.models import build_model, norm_state
 from fedbridge.strategies.api import ClientUpdates
 from fedbridge.strategies.fedavg import FEDAVG
 from fedbridge.strategies.keep_local import keep_local
+from fedbridge.study import run_study
 from test_cli import run
 
 IDS = torch.tensor([0, 1])
@@ -62,3 +66,15 @@ def test_fedbn_runs_end_to_end_and_refuses_a_model_without_normalisation(tmp_pat
     assert not torch.equal(first[2].running_mean, second[2].running_mean) and not first.training
     result = run("run", CONFIGS / "seed.toml", *tiny, "--out", tmp_path / "mlp")
     assert result.exit_code == 2 and "no normalisation layers" in result.output and not (tmp_path / "mlp").exists()
+
+
+def test_a_fedbn_run_stopped_midway_resumes_to_the_same_metrics(tmp_path):
+    small = ["data.name=digits", "partition.sizes=[300,300]", "train.rounds=3", "train.batch_size=16",
+             'baselines=["local"]', "model=custom_models:batch_normed", "strategy.keep_local=['bn']"]
+    exp, _ = load_experiment(CONFIGS / "seed.toml", small)
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    run_study(exp, whole, None, Console(quiet=True), quiet=True)
+    with pytest.raises(KeyboardInterrupt):  # after round 2's checkpoint: the clients' BatchNorm is in it
+        run_study(exp, stopped, None, Console(quiet=True), stopping_after("fedavg", 2), quiet=True)
+    assert invoke("run", "--resume", stopped, "--quiet").exit_code == 0
+    assert (stopped / results.METRICS).read_bytes() == (whole / results.METRICS).read_bytes()
