@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import CONFIGS
-from fedbridge import local
+from fedbridge import generic
 from fedbridge.errors import ConfigError, DataError
 from fedbridge.experiment import load_experiment
 from fedbridge.local import Recipe, client_generator, evaluate, local_update
@@ -49,7 +49,7 @@ def test_generic_path_equals_the_reference_loop(optimizer):
 @pytest.mark.parametrize("optimizer", list(RECIPES))
 def test_a_model_without_batch_statistics_trains_under_vmap_as_the_reference_loop(optimizer):
     model = "custom_models:normed"
-    assert not local.per_client(build_model(model, SHAPE, 10))
+    assert not generic.per_client(build_model(model, SHAPE, 10))
     engine = fedavg_rounds(local_update, model, RECIPES[optimizer])
     loop = fedavg_rounds(reference_update, model, RECIPES[optimizer])
     for n in engine:
@@ -94,7 +94,7 @@ def test_initialisation_is_the_modules_own_seeded_and_leaves_the_global_rng_alon
     assert not torch.equal(first["fc.weight"], other["fc.weight"])
     # reset_parameters: LayerNorm and BatchNorm start at weight 1, bias 0, running variance 1
     assert torch.equal(first["norm.weight"], torch.ones(8)) and torch.equal(first["bn.running_var"], torch.ones(8))
-    assert first[local.trainable(model)[0]].dtype == torch.float32 and first["bn.num_batches_tracked"].item() == 0
+    assert first[generic.trainable(model)[0]].dtype == torch.float32 and first["bn.num_batches_tracked"].item() == 0
 
 
 def test_dropout_is_seeded_per_client_whatever_the_threads():

@@ -23,7 +23,7 @@ from fedbridge.imports import resolve
 
 MODEL_NAMES = ("mlp", "2nn", "cnn", "tabular", "cifar-cnn")
 
-# dropout that draws from the global RNG cannot be seeded per client (local.seeded_dropout)
+# dropout that draws from the global RNG cannot be seeded per client (generic.seeded_dropout)
 UNSEEDABLE = (nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 FACTORY_FORM = '"package.module:function", a function(input_shape, num_classes) returning a torch.nn.Module'

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedbridge.local import GradientAdjust, LocalResult, Recipe, batch_schedule, seeded_dropout
+from fedbridge.generic import seeded_dropout
+from fedbridge.local import GradientAdjust, LocalResult, Recipe, batch_schedule
 from fedbridge.optim import ADAM_BETAS, ADAM_EPS, Params
 
 

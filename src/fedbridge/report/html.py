@@ -15,7 +15,7 @@ from fedbridge import __version__, files, results
 from fedbridge.errors import DataError, FedbridgeError
 from fedbridge.experiment import ClientGroup, Experiment
 from fedbridge.federation import build_federation, resolve_dataset
-from fedbridge.local import stacked_forward
+from fedbridge.generic import stacked_forward
 from fedbridge.models import build_model
 from fedbridge.report import advice, plots
 from fedbridge.report.grid import grid_cells, grid_rows
