@@ -1,7 +1,7 @@
 """How fast fedbridge trains a federation, side by side with a per-client loop and Flower, in one run.
 
     python -m benchmarks.speed [--quick] [--trials N] [--rounds N] [--threads N] [--json PATH]
-                               [--only yardstick,rounds,cnn,job,scaling,seed,scale10k]
+                               [--only yardstick,rounds,cnn,job,scaling,seed,scale10k,generic]
 
 Sections (all measured in this run, on this machine):
   yardstick  the dense float32 limit: the best of torch.mm (MKL), oneDNN's matmul and oneDNN's
@@ -17,6 +17,9 @@ Sections (all measured in this run, on this machine):
   scale10k   10,000 MNIST clients (2NN), 100 per round, SCAFFOLD and Ditto, beside a 100-client
              federation with the same clients per round and data per client (benchmarks/scale10k.py,
              one process each, alternated, at most 5 timed rounds): time per round and peak RSS
+  generic    the generic path for any nn.Module (benchmarks/generic.py) on the MLP and 2NN rounds against
+             the kernels and the loop, and on the CIFAR CNN (LeNet-5) round against the loop; not in
+             the default run (--only generic)
 
 Methods are interleaved within each trial, so a burst of load on a shared machine hits all of
 them; each figure is the median over trials of the trial's median s/round, with the spread
@@ -43,7 +46,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from benchmarks import entry, mcmahan_setup as setup, positive_int, results_file, scale10k
+from benchmarks import entry, generic, mcmahan_setup as setup, positive_int, results_file, scale10k
 from benchmarks.yardstick import LoadWatch, yardstick
 from fedbridge.errors import FedbridgeError
 from fedbridge.local import Recipe, local_update
@@ -52,6 +55,7 @@ from fedbridge.rounds import initial_model
 
 ROOT = Path(__file__).parent.parent
 SECTIONS = ("yardstick", "rounds", "cnn", "job", "scaling", "seed", "scale10k")
+EXTRA_SECTIONS = ("generic",)  # run only when named in --only
 # the loop also runs single-threaded: one thread often beats two on its tiny kernels, and the
 # ratios are taken against whichever of the two is faster in that trial
 METHODS = {"batched": (local_update, None), "loop": (reference_update, None), "loop-1-thread": (reference_update, 1)}
@@ -253,6 +257,8 @@ def show(report: dict, console: Console) -> None:
             t.add_row(str(r["clients_per_round"]), f"{r['s_per_round']:.3f}",
                       f"{100 * r['s_per_round'] / r['clients_per_round']:.3f}", f"{r['peak_rss_mb']:.0f}")
         console.print(t)
+    if "generic" in report:
+        generic.show_rows(report["generic"], console)
     if "seed" in report:
         s = report["seed"]
         console.print("seed study end to end, s: " + (fmt(s["seconds"], 1) if "seconds" in s else f"failed: {s['error']}"))
@@ -287,8 +293,8 @@ def main() -> None:
     results_file(args.json)
     console = Console(width=max(Console().width, 140))
     sections = [s.strip() for s in args.only.split(",")]
-    if unknown := set(sections) - set(SECTIONS):
-        parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    if unknown := set(sections) - set(SECTIONS) - set(EXTRA_SECTIONS):
+        parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS + EXTRA_SECTIONS)}")
     trials, rounds = (2, 3) if args.quick else (args.trials, args.rounds)
     torch.set_num_threads(args.threads)
     watch = LoadWatch()
@@ -296,7 +302,7 @@ def main() -> None:
     if not with_flower:
         console.print("Flower simulation: skipped (" + ("--no-flower" if args.no_flower else "flwr not installed: pip install -e '.[flower]'") + ")")
     report: dict = {
-        "machine": {"cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
+        "machine": {"cpus": os.cpu_count(), "threads": args.threads, "torch": torch.__version__, "device": generic.device(),
                     "python": platform.python_version(), "load_average_at_start": os.getloadavg()},
         "settings": {"trials": trials, "rounds": rounds, "lr": LR},
     }
@@ -304,7 +310,7 @@ def main() -> None:
     if "yardstick" in sections or "rounds" in sections or "cnn" in sections:
         report["yardstick"] = yardstick()
         limit = report["yardstick"]["limit_gflops"]
-    fed = setup.federation(setup.load_mnist()) if {"rounds", "cnn"} & set(sections) else None
+    fed = setup.federation(setup.load_mnist()) if {"rounds", "cnn", "generic"} & set(sections) else None
     if "rounds" in sections:
         report["rounds"] = rounds_section(fed, trials, rounds, with_flower, limit, console)
     if "cnn" in sections:
@@ -318,6 +324,8 @@ def main() -> None:
     if "scale10k" in sections:
         # at most 5 timed rounds: each of the four processes first builds its federation (~10 s)
         report["scale10k"] = scale10k.section(trials, min(rounds, 5), args.threads)
+    if "generic" in sections:
+        report["generic"] = generic.generic_section(fed, trials, rounds, generic.CASES)
     report["machine"]["load_average_at_end"] = os.getloadavg()
     report["machine"]["load"] = watch.stop()
     show(report, console)

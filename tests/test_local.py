@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from fedbridge import kernels, losses
-from fedbridge.local import Recipe, batch_schedule, client_generator, evaluate, local_update, stacked_forward
+from fedbridge.generic import stacked_forward
+from fedbridge.local import Recipe, batch_schedule, client_generator, evaluate, local_update
 from fedbridge.models import build_model, init_params
 
 

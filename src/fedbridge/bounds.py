@@ -3,7 +3,8 @@
 `check_fits(exp, dataset)` refuses, with a ConfigError naming the key, its value and the fix, what
 validation alone cannot know and training would only find out later (a traceback, or a
 MemoryError, after the run directory exists and blocks the corrected re-run): a profile that does
-not fit the images, and a run whose memory, estimated from the data, the model and the config,
+not fit the images, train.device = "cuda" without a GPU, a model that does not fit the data (models.build_model checks a factory's),
+FedBN's keep_local on a model without normalisation layers, and a run whose memory, estimated from the data, the model and the config,
 exceeds the machine's.
 
 The estimate counts what the study holds at once while it trains: the dataset and its federation,
@@ -29,8 +30,9 @@ from fedbridge.data import corrupt
 from fedbridge.data.datasets import Dataset
 from fedbridge.errors import ConfigError
 from fedbridge.experiment import IID, Experiment, Shards, Sizes
-from fedbridge.models import build_model, count_params
+from fedbridge.models import build_model, norm_state, state_size
 from fedbridge.schema import LOCAL, POOLED
+from fedbridge.strategies import registry
 
 # test images local.evaluate scores at once, and the clients' models scored together on them
 # (engines/simulation.py's EVAL_IMAGES and EVAL_MODELS)
@@ -59,6 +61,14 @@ def check_fits(exp: Experiment, dataset: Dataset) -> None:
     """Refuse `exp` on `dataset` if a profile does not fit the images or the run does not fit in memory."""
     shape = dataset.input_shape
     _profiles_fit(exp, shape, dataset)
+    if exp.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = 'cuda', but torch {torch.__version__} finds no CUDA GPU here "
+                          f"({'a CPU-only build' if torch.version.cuda is None else 'no device visible'}); use "
+                          "train.device = 'cpu', or 'auto' to take a GPU where there is one")
+    if registry.kept_local(exp.strategy) and not norm_state(build_model(exp.model, shape, dataset.num_classes)):
+        raise ConfigError(f"strategy.keep_local = {registry.kept_local(exp.strategy)}: model = {exp.model!r} has no "
+                          "normalisation layers (BatchNorm, LayerNorm, GroupNorm, InstanceNorm) to keep; drop "
+                          "strategy.keep_local or choose a model with them")
     available = machine_memory()
     needs = memory_needs(exp, dataset, shape)
     total = sum(n.bytes for n in needs)
@@ -113,9 +123,9 @@ def memory_needs(exp: Experiment, dataset: Dataset, shape: tuple[int, ...]) -> l
         # every client's own model where one is saved per client (the local baseline, personalised
         # strategies), and the round's start and trained models with their gradients and optimizer state
         Need(f"the models of {k if _saves_per_client(exp) else 0:,} clients and of a round",
-             4 * count_params(model) * (k * _saves_per_client(exp) + 5 * exp.setup.clients_per_round),
+             4 * state_size(model) * (k * _saves_per_client(exp) + 5 * exp.setup.clients_per_round),
              "clients", [g.count for g in exp.clients], "run fewer clients (clients.N.count) or a smaller model"),
-        *_state_needs(exp, count_params(model)),
+        *_state_needs(exp, state_size(model)),
         # evaluation runs up to EVAL_MODELS clients' models on the same chunk of test images at once;
         # a layer's input and output are alive together
         Need(f"evaluating {min(k, EVAL_MODELS):,} models on {min(EVAL_CHUNK, n_test):,} images at once",
@@ -202,14 +212,23 @@ def _blur_needs(exp: Experiment, shape: tuple[int, ...], samples: int) -> list[N
 
 
 def _layer_outputs(model: nn.Module, shape: tuple[int, ...]) -> list[int]:
-    """Floats each layer outputs for one sample (build_model's models are nn.Sequential), from the
-    first layer with parameters on: what comes before it (the MLP's Flatten) is a view of the input."""
-    x, sizes = torch.zeros(1, *shape), []
-    with torch.no_grad():
-        for layer in model:
-            x = layer(x)
-            if sizes or list(layer.parameters()):
-                sizes.append(x.numel())
+    """Floats each layer outputs for one sample, in the order they run, from the first layer with
+    parameters on: what comes before it (the MLP's Flatten) is a view of the input. A layer is a
+    module without children (any module a factory makes, not only build_model's nn.Sequential)."""
+    sizes: list[int] = []
+
+    def count(module, inputs, output):
+        if (sizes or list(module.parameters())) and isinstance(output, torch.Tensor):
+            sizes.append(output.numel())
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *shape))
+    finally:
+        model.train()
+        for h in hooks:
+            h.remove()
     return sizes
 
 

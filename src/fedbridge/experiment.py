@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fedbridge import files, losses
+from fedbridge import files, losses, models
 from fedbridge.data import corrupt
 from fedbridge.data.config import Data
 from fedbridge.errors import ConfigError
@@ -130,6 +130,9 @@ class Train(Strict):
     local_epochs: int = Field(default=1, ge=1, le=MAX_LOCAL_EPOCHS)
     rounds: int = Field(ge=1, le=MAX_ROUNDS)
     client_fraction: float = Field(default=1.0, gt=0, le=1)
+    # "auto": a CUDA GPU where torch finds one; "cpu" by default, so a seed's results are the same
+    # on every machine (a GPU's float rounding differs from the CPU's)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
     # "ce", "gce", "sce", or a table with the loss's keys; None is "ce", left out of the resolved
     # config so that runs made before train.loss existed keep their fingerprint
     loss: losses.LossConfig | None = None
@@ -138,6 +141,10 @@ class Train(Strict):
     @classmethod
     def _loss_by_name(cls, value: Any) -> Any:
         return losses.by_name(value)
+
+
+class Log(Strict):
+    tensorboard: bool = False  # TensorBoard event files per client and test set (fedbridge.events)
 
 
 class Eval(Strict):
@@ -164,13 +171,15 @@ class Experiment(Strict):
     partition: Partition = IID(name="iid")
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     clients: list[ClientGroup] = Field(min_length=1)
-    model: Literal["mlp", "2nn", "cnn", "tabular"] = "mlp"
+    model: str = "mlp"  # a built-in (models.MODEL_NAMES) or "package.module:function"
     train: Train
-    strategy: StrategyConfig = FedAvg()
+    # validated, so the default is the config class with keep_local too (registry._with_keep_local)
+    strategy: StrategyConfig = Field(default={"name": "fedavg"}, validate_default=True)
     # "fedavg": FedAvg beside another strategy (e.g. a personalized one), trained on the same federation
     baselines: list[Literal["local", "fedavg", "pooled"]] = ["local", "pooled"]
     eval: Eval = Eval()
     privacy: Privacy | None = None
+    log: Log = Log()
 
     @property
     def n_clients(self) -> int:
@@ -214,6 +223,11 @@ class Experiment(Strict):
         t = self.train
         k = clients_per_round(self.n_clients, t.client_fraction)
         return Setup(self.n_clients, k, t.client_fraction, t.optimizer, t.momentum, t.lr)
+
+    @field_validator("model")
+    @classmethod
+    def _a_model(cls, name: str) -> str:
+        return models.check_name(name)
 
     @field_validator("name")
     @classmethod

@@ -7,7 +7,8 @@ run out it is masked and no longer changes. K=1 is the same code.
 
 Every model's head, its closing Linear layers, goes through `kernels` (batched matmuls, a
 hand-written backward with plain SGD fused into it); what comes before the head (the CNN's
-convolutions) goes through autograd, and an MLP has nothing before it. Clients are trained in
+convolutions), or a whole model without such a head, goes through autograd (fedbridge.generic),
+and an MLP has nothing before it. Clients are trained in
 chunks sized from a memory budget, so a round of 1,000 clients needs no more working memory than
 one of a few hundred.
 """
@@ -27,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from fedbridge import kernels, losses, optim, pooling
-from fedbridge.errors import ConfigError
+from fedbridge import kernels, losses, optim
+from fedbridge.errors import ConfigError, DataError
+from fedbridge.generic import body_forward, bound, per_client, stateful, trainable
 from fedbridge.optim import Params
 
 # Working memory for one chunk of clients (parameters, gradients, optimizer state, activations).
@@ -64,6 +66,7 @@ class Recipe:
     momentum: float = 0.0
     loss: Any = losses.CE  # train.loss: a losses.LossConfig
     dp: DpSgd | None = None
+    device: str = "cpu"  # "cpu" or "cuda" (train.device, resolved)
 
 
 @dataclass
@@ -93,48 +96,18 @@ def batch_schedule(
     DataLoader without drop_last). Padding slots have weight 0; S is the longest client's steps.
     """
     steps = [epochs * -(-n // batch_size) for n in sizes]
-    positions = torch.zeros(max(steps), len(sizes), batch_size, dtype=torch.long)
-    weights = torch.zeros(max(steps), len(sizes), batch_size)
+    # on the CPU whatever the training device: the generators are CPU generators
+    positions = torch.zeros(max(steps), len(sizes), batch_size, dtype=torch.long, device="cpu")
+    weights = torch.zeros(max(steps), len(sizes), batch_size, device="cpu")
     for k, (n, gen) in enumerate(zip(sizes, generators)):
         # each epoch's permutation padded with -1 to whole batches: one tensor op per client, not per batch
-        padded = torch.full((epochs, steps[k] // epochs * batch_size), -1, dtype=torch.long)
+        padded = torch.full((epochs, steps[k] // epochs * batch_size), -1, dtype=torch.long, device="cpu")
         for e in range(epochs):
-            padded[e, :n] = torch.randperm(n, generator=gen)
+            padded[e, :n] = torch.randperm(n, generator=gen, device="cpu")
         padded = padded.view(steps[k], batch_size)
         positions[: steps[k], k] = padded.clamp_min(0)
         weights[: steps[k], k] = (padded >= 0).float()
     return positions, weights
-
-
-def stacked_forward(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
-    """Logits [K, B, classes] of K stacked models on their own inputs x [K, B, ...]."""
-    if x.shape[0] == 1:  # one client: vmap would only add overhead
-        return functional_call(model, {n: p[0] for n, p in params.items()}, (x[0],)).unsqueeze(0)
-    return vmap(lambda p, xb: functional_call(model, p, (xb,)))(params, x)
-
-
-def _body_forward(body: nn.Module, params: Params, x: torch.Tensor) -> tuple[torch.Tensor, Params]:
-    """The body's output [K, B, ...] on inputs x [K, B, ...], with its autograd graph, and the
-    parameters it is differentiated by.
-
-    With one client, `body` must be `_bound(body, params)`: a plain module call, as a per-client
-    loop makes, costs less than vmap or functional_call's parameter swapping at every step.
-    """
-    with torch.enable_grad():
-        if x.shape[0] == 1:
-            return body(x[0]).unsqueeze(0), dict(body.named_parameters())
-        leaves = {n: params[n].detach().requires_grad_(True) for n, _ in body.named_parameters()}
-        return stacked_forward(body, leaves, x), leaves
-
-
-def _bound(model: nn.Module, params: Params) -> nn.Module:
-    """A copy of `model` whose parameters are views of one client's stacked parameters [1, ...],
-    so the optimizer's in-place steps on `params` are what the module computes with; its max pools
-    take ATen's faster channels-last kernel (same values and gradients)."""
-    bound = pooling.with_fast_pools(copy.deepcopy(model))
-    for name, p in bound.named_parameters():
-        p.data = params[name][0]
-    return bound
 
 
 @functools.lru_cache(maxsize=16)
@@ -160,7 +133,7 @@ def clients_per_chunk(
     model: nn.Module, params: Params, input_shape: tuple[int, ...], recipe: Recipe, max_size: int, budget: int
 ) -> int:
     """How many clients train together within `budget` bytes of working memory."""
-    if kernels.split(model)[0] is not None:
+    if per_client(model):
         return CONV_CLIENTS_PER_CHUNK
     model_bytes = 4 * sum(p[0].numel() for p in params.values())
     # parameters, gradients and temporaries of that size, plus the optimizer's state
@@ -186,8 +159,13 @@ def _train_chunk(
 ) -> LocalResult:
     params = {n: p.detach().clone() for n, p in params.items()}
     sizes = [len(r) for r in client_rows]
-    positions, weights = batch_schedule(sizes, recipe.batch_size, recipe.local_epochs, generators)
+    positions, weights = (t.to(images.device) for t in batch_schedule(sizes, recipe.batch_size, recipe.local_epochs, generators))
     counts = weights.sum(2)  # [S, K] real samples per client and step
+    if (counts == 1).any() and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        n = sizes[int((counts == 1).any(0).nonzero()[0])]
+        raise DataError(f"a client with {n} training samples has a last batch of 1 sample at train.batch_size = "
+                        f"{recipe.batch_size}, and the model's BatchNorm cannot normalise a batch of one; choose a "
+                        "train.batch_size that leaves every client's last batch at least 2 samples")
     # each client's loss is the mean over its own real samples, so its gradient is its own
     sample_weights = weights / counts.clamp_min(1).unsqueeze(2)
     # one padded row table, so every client's batches are gathered with a single index
@@ -199,8 +177,9 @@ def _train_chunk(
         raise ConfigError("privacy.level = 'sample' runs DP-SGD on models that are Flatten, Linear, (ReLU, Linear)*; "
                           "this one has other layers, whose per-example gradients are not implemented yet: use an "
                           "MLP model, or privacy.level = 'client'")
-    if body is not None and len(client_rows) == 1:
-        body = _bound(body, params)
+    clients = None
+    if body is not None and (len(client_rows) == 1 or stateful(body)):
+        clients = [bound(body, params, i, g) for i, g in enumerate(generators)]
     # plain SGD without a gradient hook is fused into the head's backward pass; a finished client's
     # zero weights give it exactly zero gradients there, so it needs no mask
     fused_lr = (recipe.lr if layers and recipe.optimizer == "sgd" and not recipe.momentum and adjust is None
@@ -214,7 +193,7 @@ def _train_chunk(
         loss_sum = kernels.sgd_steps(params, layers, flat, steps_rows, steps_labels, sample_weights, fused_lr,
                                      recipe.loss)
     else:
-        state = optim.init_state(params, recipe.optimizer)
+        state = optim.init_state({n: params[n] for n in trainable(model)}, recipe.optimizer)
         loss_sum = torch.zeros(k)
         # MLP steps gather their flat rows with index_select into one reused buffer: several times
         # faster than advanced indexing of [N, C, H, W], and a fresh allocation this size is a fresh mmap
@@ -223,7 +202,9 @@ def _train_chunk(
             if body is None:
                 features = torch.index_select(flat, 0, rows.view(-1), out=batch).view(*rows.shape, -1)
             else:
-                features, leaves = _body_forward(body, params, images[rows])
+                # index_select of flat rows, as for the MLPs, not advanced indexing of [N, C, H, W]
+                x = torch.index_select(flat, 0, rows.view(-1)).view(*rows.shape, *images.shape[1:])
+                features, body_grads = body_forward(body, clients, params, x, counts[s])
             acts = kernels.forward(params, layers, features.detach())
             if recipe.dp is not None:
                 loss, grads = _dp_sgd_grads(params, layers, acts, y, weights[s], counts[s], recipe, generators)
@@ -232,7 +213,7 @@ def _train_chunk(
                 grads = kernels.backward(params, layers, acts, grad_logits, sgd_lr=fused_lr, input_grad=body is not None)
             if body is not None:
                 grad_features = grads.pop("input").view_as(features)
-                grads.update(zip(leaves, torch.autograd.grad(features, list(leaves.values()), grad_features)))
+                grads.update(body_grads(grad_features))
             loss_sum += loss
             if adjust is not None:
                 grads = adjust(params, grads)
@@ -292,13 +273,16 @@ def local_update(
     thread is descheduled (2NN rounds 30x slower were measured at load 13 on 2 cores);
     `torch.set_num_threads(1)` avoids that there.
     """
+    if images.device.type != recipe.device:
+        return _on_device(model, params, images, labels, client_rows, recipe, generators, adjust)
     k = len(client_rows)
     if adjust is not None:
         return _train_chunk(model, params, images, labels, client_rows, recipe, generators, adjust)
     # conv steps are long enough for workers to run free of the GIL; an MLP step is dozens of tiny
     # kernels, and two Python workers contending for the GIL measured 1.07-1.5x slower than one
     # stream of clients with every thread inside each kernel (McMahan rounds, 2 threads)
-    workers = 1 if kernels.split(model)[0] is None else min(torch.get_num_threads(), k)
+    # a GPU runs one client's kernels after another's on its one stream: no workers there
+    workers = 1 if not per_client(model) or recipe.device != "cpu" else min(torch.get_num_threads(), k)
     chunk = clients_per_chunk(
         model, params, tuple(images.shape[1:]), recipe, max(len(r) for r in client_rows), MEMORY_BUDGET // workers
     )
@@ -327,16 +311,65 @@ def local_update(
     return out
 
 
+def _on_device(
+    model: nn.Module, params: Params, images: torch.Tensor, labels: torch.Tensor, client_rows: list[torch.Tensor],
+    recipe: Recipe, generators: list[torch.Generator], adjust: GradientAdjust | None,
+) -> LocalResult:
+    """`local_update` on recipe.device: the model, its state and the data moved there (the data once,
+    and kept), every tensor the engine makes there too, and the result brought back to the CPU."""
+    device = torch.device(recipe.device)
+    if adjust is not None:  # a strategy's hook computes with its own state, on the CPU
+        inner = adjust
+        adjust = lambda p, g: _to(inner(_to(p, "cpu"), _to(g, "cpu")), device)  # noqa: E731
+    with torch.device(device):
+        result = local_update(copy.deepcopy(model).to(device), _to(params, device), resident(images, device),
+                              resident(labels, device), client_rows, recipe, generators, adjust)
+    return LocalResult(_to(result.params, "cpu"), result.steps.cpu(), result.loss.cpu())
+
+
+def _to(params: Params, device) -> Params:
+    return {n: p.to(device) for n, p in params.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def resident(data: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`data` on `device`, copied there once: a federation's images serve every round."""
+    return data.to(device)
+
+
+def resolve_device(device: str) -> str:
+    """train.device as the engine takes it: "auto" is "cuda" where torch finds a GPU, else "cpu"."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, params: Params, images: torch.Tensor, labels: torch.Tensor, chunk: int = 2000
+    model: nn.Module, params: Params, images: torch.Tensor, labels: torch.Tensor, chunk: int = 2000, device: str = "cpu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accuracy [M] and mean cross-entropy [M] of M stacked models on one test set."""
+    """Accuracy [M] and mean cross-entropy [M] of M stacked models on one test set (on `device`)."""
+    if images.device.type != device:
+        on = torch.device(device)
+        with torch.device(on):
+            accuracy, loss = evaluate(copy.deepcopy(model).to(on), _to(params, on), resident(images, on),
+                                      resident(labels, on), chunk, device)
+        return accuracy.cpu(), loss.cpu()
     forward = vmap(lambda p, xb: functional_call(model, p, (xb,)), in_dims=(0, None))
     m = next(iter(params.values())).shape[0]
     correct, loss = torch.zeros(m), torch.zeros(m)
-    for x, y in zip(images.split(chunk), labels.split(chunk)):
-        logits = forward(params, x)
-        correct += (logits.argmax(-1) == y).sum(1)
-        loss += F.cross_entropy(logits.transpose(1, 2), y.expand(m, -1), reduction="none").sum(1)
+    with scoring(model):
+        for x, y in zip(images.split(chunk), labels.split(chunk)):
+            logits = forward(params, x)
+            correct += (logits.argmax(-1) == y).sum(1)
+            loss += F.cross_entropy(logits.transpose(1, 2), y.expand(m, -1), reduction="none").sum(1)
     return correct / len(labels), loss / len(labels)
+
+
+@contextlib.contextmanager
+def scoring(model: nn.Module):
+    """`model` in eval mode for the block: BatchNorm from each model's running statistics, no Dropout."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

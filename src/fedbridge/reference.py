@@ -11,6 +11,7 @@ import copy
 import torch
 from torch import nn
 
+from fedbridge.generic import seeded_dropout
 from fedbridge.losses import per_sample
 from fedbridge.local import GradientAdjust, LocalResult, Recipe, batch_schedule
 from fedbridge.optim import ADAM_BETAS, ADAM_EPS, Params
@@ -38,7 +39,7 @@ def reference_update(
     out = {n: torch.empty_like(p) for n, p in params.items()}
     steps, losses = torch.zeros(len(client_rows)), torch.zeros(len(client_rows))
     for k, (rows, gen) in enumerate(zip(client_rows, generators)):
-        net = copy.deepcopy(model)
+        net = seeded_dropout(copy.deepcopy(model), gen)  # its masks from the client's generator, as the engine's
         net.load_state_dict({n: p[k] for n, p in params.items()})
         opt = _optimizer(recipe, net.parameters())
         positions, weights = batch_schedule([len(rows)], recipe.batch_size, recipe.local_epochs, [gen])
@@ -51,6 +52,7 @@ def reference_update(
             opt.step()
             total += loss.item()
         for n, p in net.state_dict().items():
-            out[n][k] = p
+            # an integer buffer (BatchNorm's step counter) stays as it began, as in the engine
+            out[n][k] = p if p.is_floating_point() else params[n][k]
         steps[k], losses[k] = len(positions), total / len(positions)
     return LocalResult(out, steps, losses)

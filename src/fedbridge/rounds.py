@@ -14,7 +14,7 @@ import torch
 from fedbridge import losses
 from fedbridge.client_state import Models
 from fedbridge.experiment import Experiment, Method, Role, clients_per_round
-from fedbridge.local import DpSgd, Recipe, client_generator
+from fedbridge.local import DpSgd, Recipe, client_generator, resolve_device
 from fedbridge.models import init_params
 from fedbridge.optim import Params
 from fedbridge.privacy import budget, dpfedavg
@@ -66,7 +66,8 @@ def recipe(exp: Experiment, private: bool = True) -> Recipe:
     """How clients train; with `private` and sample-level [privacy], by DP-SGD."""
     t, p = exp.train, exp.privacy
     dp = DpSgd(p.clip, p.noise_multiplier) if private and p is not None and p.level == "sample" else None
-    return Recipe(t.optimizer, t.lr, t.batch_size, t.local_epochs, t.momentum, t.loss or losses.CE, dp)
+    return Recipe(t.optimizer, t.lr, t.batch_size, t.local_epochs, t.momentum, loss=t.loss or losses.CE, dp=dp,
+                  device=resolve_device(t.device))
 
 
 def schedule(method: Method, exp: Experiment, seed: int, profiles: list[str], sizes: list[int] | None = None) -> Schedule:

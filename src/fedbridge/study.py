@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
-from fedbridge import client_state, detection, lock, results
+from fedbridge import client_state, detection, events, lock, results
 from fedbridge.bounds import check_fits
 from fedbridge.engines import simulation
 from fedbridge.errors import ConfigError
@@ -79,6 +79,8 @@ class _Writer:
         results.save_weights(self.out, seed, method.name, params)
         # a resume keeps a pair whose weights are saved, so its state is needed no more
         shutil.rmtree(state_files, ignore_errors=True)
+        if self.exp.log.tensorboard:
+            events.write(self.out, seed, method.name, results.read_metrics(self.out))
         clean = [r["accuracy"] for r in self.final
                  if r["seed"] == seed and r["method"] == method.name and r["test_set"] == "clean"]
         say(self.progress, self.quiet,
@@ -120,6 +122,7 @@ def run_study(
     """
     dataset, exp, note = resolve_dataset(exp, data_dir)
     check_fits(exp, dataset)  # before every seed's partition is drawn and held, and before the run directory
+    events.check(exp.log.tensorboard)
     seeds = [exp.seed + i for i in range(exp.seeds)]
     # a partition the data cannot give (too few samples, too large a test fraction) fails here,
     # before a run directory exists that would block re-running with the value fixed

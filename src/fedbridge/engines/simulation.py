@@ -16,11 +16,12 @@ from fedbridge import gradnorm, rounds
 from fedbridge.client_state import Models, every_row
 from fedbridge.experiment import Experiment, Method, Role
 from fedbridge.federation import Federation
-from fedbridge.local import GradientAdjust, Recipe, client_generator, evaluate, local_update
-from fedbridge.models import build_model
+from fedbridge.local import GradientAdjust, Recipe, client_generator, evaluate, local_update, scoring
+from fedbridge.models import build_model, norm_state
 from fedbridge.optim import Params
 from fedbridge.strategies import registry
 from fedbridge.strategies.api import ClientUpdates, LocalTrain, ServerState, Strategy
+from fedbridge.strategies.keep_local import keep_local
 from fedbridge.strategies.local_only import LOCAL_ONLY
 from fedbridge.strategies.noise_screen import SCORE
 
@@ -29,8 +30,12 @@ from fedbridge.strategies.noise_screen import SCORE
 EVAL_MODELS, EVAL_IMAGES = 64, 2000
 
 
-def strategy_for(method: Method, exp: Experiment) -> Strategy:
-    return LOCAL_ONLY if method.role is Role.LOCAL else registry.build(method.strategy, exp.setup)
+def strategy_for(method: Method, exp: Experiment, model: torch.nn.Module) -> Strategy:
+    if method.role is Role.LOCAL:
+        return LOCAL_ONLY
+    strategy = registry.build(method.strategy, exp.setup)
+    # "bn" is the only kind keep_local takes so far: every normalisation layer
+    return keep_local(strategy, norm_state(model)) if registry.kept_local(method.strategy) else strategy
 
 
 def participants(method: Method, federation: Federation) -> list[torch.Tensor]:
@@ -40,14 +45,16 @@ def participants(method: Method, federation: Federation) -> list[torch.Tensor]:
 
 
 def evaluate_clients(model: torch.nn.Module, models: Models, federation: Federation, cross: bool,
-                     ids: torch.Tensor | None = None) -> list[rounds.Score]:
+                     ids: torch.Tensor | None = None, device: str = "cpu") -> list[rounds.Score]:
     """Each evaluated client's model (one global model, rows [len(ids), ...] in the order of `ids`, or
     a store read by client) on its own and the clean test set, and with `cross`, on every other
-    evaluated client's own test data. `ids`: the clients evaluated, all of them by default."""
+    evaluated client's own test data. `ids`: the clients evaluated, all of them by default. Off the
+    CPU every test set goes through local.evaluate, which moves it to `device`."""
     ids = torch.arange(len(federation.clients)) if ids is None else ids
-    if cross:
+    if cross or device != "cpu":
         rows = models if isinstance(models, dict) else models.take(ids)
-        return _cross_clients(model, rows, federation, ids.tolist())
+        scores = _cross_clients(model, rows, federation, ids.tolist(), device)
+        return scores if cross else [x for x in scores if x[1] in ("own", "clean")]
     if isinstance(models, dict) and next(iter(models.values())).shape[0] == 1:
         own = _own_with_one(model, models, federation, ids.tolist())
         clean = [x.item() for x in evaluate(model, models, federation.clean_test_images, federation.clean_test_labels)]
@@ -75,7 +82,8 @@ def _own_with_one(model: torch.nn.Module, params: Params, federation: Federation
     one = {n: p[0] for n, p in params.items()}
     correct, loss = torch.zeros(len(clients)), torch.zeros(len(clients))
     for x, y, o in zip(images.split(EVAL_IMAGES), labels.split(EVAL_IMAGES), owner.split(EVAL_IMAGES)):
-        logits = functional_call(model, one, (x,))
+        with scoring(model):
+            logits = functional_call(model, one, (x,))
         correct.index_add_(0, o, (logits.argmax(-1) == y).float())
         loss.index_add_(0, o, F.cross_entropy(logits, y, reduction="none"))
     counts = torch.bincount(owner, minlength=len(clients)).float()
@@ -97,24 +105,28 @@ def _own_with_each(model: torch.nn.Module, params: Params, federation: Federatio
     for k, c in enumerate(clients):
         images[k, : sizes[k]], labels[k, : sizes[k]] = c.test_images, c.test_labels
     real = (torch.arange(longest) < sizes.unsqueeze(1)).float()
-    logits = vmap(lambda p, x: functional_call(model, p, (x,)))(params, images)
+    with scoring(model):
+        logits = vmap(lambda p, x: functional_call(model, p, (x,)))(params, images)
     correct = ((logits.argmax(-1) == labels).float() * real).sum(1)
     loss = (F.cross_entropy(logits.transpose(1, 2), labels, reduction="none") * real).sum(1)
     return list(zip((correct / sizes).tolist(), (loss / sizes).tolist()))
 
 
-def _cross_clients(model: torch.nn.Module, params: Params, federation: Federation, ids: list[int]) -> list[rounds.Score]:
+def _cross_clients(model: torch.nn.Module, params: Params, federation: Federation, ids: list[int],
+                   device: str = "cpu") -> list[rounds.Score]:
     """Every evaluated model on every evaluated client's own test data (a grid of len(ids)^2)."""
     m = next(iter(params.values())).shape[0]
     out = []
     for target in ids:
         # every model on this test set in one batched call, then read off the rows we need
-        acc, loss = evaluate(model, params, federation.clients[target].test_images, federation.clients[target].test_labels)
+        acc, loss = evaluate(model, params, federation.clients[target].test_images, federation.clients[target].test_labels,
+                             device=device)
         for k, c in enumerate(ids):
             i = k if m > 1 else 0
             test_set = "own" if c == target else f"client:{target + 1}"
             out.append((c, test_set, acc[i].item(), loss[i].item()))
-    clean_acc, clean_loss = evaluate(model, params, federation.clean_test_images, federation.clean_test_labels)
+    clean_acc, clean_loss = evaluate(model, params, federation.clean_test_images, federation.clean_test_labels,
+                                     device=device)
     return out + [(c, "clean", clean_acc[k if m > 1 else 0].item(), clean_loss[k if m > 1 else 0].item())
                   for k, c in enumerate(ids)]
 
@@ -139,8 +151,8 @@ def transport(model: torch.nn.Module, federation: Federation, rows: list[torch.T
         return train
 
     return rounds.Transport(
-        len(rows), local, lambda models, round_, cross: evaluate_clients(model, models, federation, cross),
-        lambda models, ids, round_, cross: evaluate_clients(model, models, federation, cross, ids))
+        len(rows), local, lambda models, round_, cross: evaluate_clients(model, models, federation, cross, device=how.device),
+        lambda models, ids, round_, cross: evaluate_clients(model, models, federation, cross, ids, how.device))
 
 
 
@@ -155,5 +167,5 @@ def train(method: Method, federation: Federation, exp: Experiment, seed: int,
     how = rounds.recipe(exp, private=exp.private(method))
     schedule = rounds.schedule(method, exp, seed, profiles, sizes=[len(r) for r in rows])
     # a store's rows taken whole: the study saves every client's model
-    return every_row(rounds.train(strategy_for(method, exp), transport(model, federation, rows, how, seed),
+    return every_row(rounds.train(strategy_for(method, exp, model), transport(model, federation, rows, how, seed),
                                   rounds.initial_model(model, seed), schedule, on_round, resume))

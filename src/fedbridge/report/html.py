@@ -15,7 +15,7 @@ from fedbridge import __version__, files, results
 from fedbridge.errors import DataError, FedbridgeError
 from fedbridge.experiment import ClientGroup, Experiment
 from fedbridge.federation import build_federation, resolve_dataset
-from fedbridge.local import stacked_forward
+from fedbridge.generic import stacked_forward
 from fedbridge.models import build_model
 from fedbridge.report import advice, plots
 from fedbridge.report.grid import grid_cells, grid_rows
@@ -91,7 +91,7 @@ def page(title: str, sections: list[str]) -> str:
 
 
 def predictions(exp: Experiment, params: dict, images: torch.Tensor, num_classes: int) -> torch.Tensor:
-    model = build_model(exp.model, tuple(images.shape[1:]), num_classes)
+    model = build_model(exp.model, tuple(images.shape[1:]), num_classes).eval()  # BatchNorm by running statistics, no Dropout
     return torch.cat([stacked_forward(model, params, x.unsqueeze(0))[0].argmax(-1) for x in images.split(2000)])
 
 

@@ -18,7 +18,8 @@ def difference(a: Params, b: Params) -> Params:
 
 def flat(stacked: Params) -> torch.Tensor:
     """All tensors of each client as one row: [K, total parameters]."""
-    return torch.cat([x.flatten(1) for x in stacked.values()], dim=1)
+    # reshape, not flatten(1): a scalar per client (BatchNorm's step counter) is [K]
+    return torch.cat([x.reshape(len(x), -1) for x in stacked.values()], dim=1)
 
 
 def norms(stacked: Params) -> torch.Tensor:

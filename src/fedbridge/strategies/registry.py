@@ -3,9 +3,9 @@
 Adding a strategy: write its module (a `Config`, a `build`, a `SPEC`) and add it to SPECS.
 """
 
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field
+from pydantic import BaseModel, Field, TypeAdapter, create_model
 
 from fedbridge.schema import LOCAL, POOLED
 from fedbridge.strategies import (
@@ -23,11 +23,24 @@ SPECS: tuple[StrategySpec, ...] = (
 _BY_NAME = {name: spec for spec in SPECS for name in spec.titles}
 NAMES = tuple(_BY_NAME)  # every `strategy.name` a config may give, in SPECS order
 
+
+
+def _with_keep_local(config: type[BaseModel]) -> type[BaseModel]:
+    """The strategy's own keys and `keep_local`, which every strategy takes (strategies/keep_local.py)."""
+    return create_model(config.__name__, __base__=config, __module__=config.__module__,
+                        keep_local=(list[Literal["bn"]], []))
+
+
 # the config's `strategy` table: one of the specs' classes, told apart by `name`
-StrategyConfig = Annotated[Union[tuple(spec.config for spec in SPECS)], Field(discriminator="name")]
+StrategyConfig = Annotated[Union[tuple(_with_keep_local(spec.config) for spec in SPECS)], Field(discriminator="name")]
 
 # the baselines beside the strategies in tables ("local" and "pooled" are not strategies)
 BASELINE_TITLES = {LOCAL: "alone", POOLED: "pooled"}
+
+
+def plain(name: str) -> BaseModel:
+    """The config of strategy `name` with its defaults, as a config file's `strategy` table gives it."""
+    return TypeAdapter(StrategyConfig).validate_python({"name": name})
 
 
 def spec(config: Any) -> StrategySpec:
@@ -37,6 +50,11 @@ def spec(config: Any) -> StrategySpec:
 
 def build(config: Any, setup: Setup) -> Strategy:
     return spec(config).build(config, setup)
+
+
+def kept_local(config: Any) -> list[str]:
+    """What `strategy.keep_local` keeps out of aggregation ([] for a strategy built in code, e.g. a baseline)."""
+    return list(getattr(config, "keep_local", []))
 
 
 def check(config: Any, setup: Setup) -> str | None:

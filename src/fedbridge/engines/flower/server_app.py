@@ -30,7 +30,6 @@ from fedbridge.experiment import Experiment, load_experiment
 from fedbridge.models import build_model
 from fedbridge.strategies import registry
 from fedbridge.strategies.api import ServerState
-from fedbridge.strategies.fedavg import Config as FedAvg
 
 app = ServerApp()
 
@@ -108,9 +107,10 @@ def writable_out_dir(out: Path) -> None:
 def deployable(exp: Experiment) -> None:
     """Refuse, before anything starts, a strategy the ClientApp cannot run yet: those with client-side
     steps or per-client models (StrategySpec.flower)."""
-    if not registry.spec(exp.strategy).flower:
+    if not registry.spec(exp.strategy).flower or registry.kept_local(exp.strategy):
         raise ConfigError(
-            f"strategy.name = {exp.strategy.name!r} needs client-side steps or per-client models, which run on the "
+            f"strategy.name = {exp.strategy.name!r}{' with keep_local' if registry.kept_local(exp.strategy) else ''} needs "
+            "client-side steps or per-client models, which run on the "
             "simulation engine only so far; on Flower use a server-side strategy such as fedavg"
         )
 
@@ -166,7 +166,7 @@ def node_experiment(exp: Experiment) -> str:
     module then need not be importable on every node."""
     if registry.spec(exp.strategy).on_node:
         return exp.model_dump_json()
-    return exp.model_copy(update={"strategy": FedAvg()}).model_dump_json()
+    return exp.model_copy(update={"strategy": registry.plain("fedavg")}).model_dump_json()
 
 
 def run(grid: Grid, exp: Experiment, seed: int, settings: Settings, left_out: list[dict]) -> None:
