@@ -143,7 +143,7 @@ def main() -> None:
             marks.append((time.perf_counter(), time.process_time()))
 
         with client_state.files_in(run / client_state.FOLDER):
-            strategy = simulation.strategy_for(method, exp)
+            strategy = simulation.strategy_for(method, exp, model)
             rounds.train(strategy, transport, rounds.initial_model(model, exp.seed),
                          rounds.schedule(method, exp, exp.seed, [c.profile for c in federation.clients]), on_round)
         # blocks, not sizes: the files are sparse, and hold only the clients written
