@@ -8,9 +8,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-# the tests also run fedbridge on Flower (real SuperLink/SuperNode processes) and [privacy] (dp-accounting): `make test` adds those extras
+# the tests also run fedbridge on Flower (real SuperLink/SuperNode processes), [privacy] (dp-accounting), Parquet tables and TensorBoard files: `make test` adds those extras
 $(VENV)/.flower: $(VENV)/.installed
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,flower,privacy]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,flower,privacy,parquet,tensorboard]'
 	touch $@
 
 .PHONY: install demo test

@@ -65,3 +65,26 @@ def positive_float(text: str) -> float:
 def fraction(text: str) -> float:
     """argparse type of the share of clients sampled per round."""
     return _number(float, text, lambda v: 0 < v <= 1, "a number above 0 and at most 1")
+
+
+def study_matrix_main(doc: str, out: Path, rounds: int, partitions: list[str], methods: list[str],
+                      run: Callable[[argparse.Namespace], None], table: Callable[[list[Path]], str],
+                      more: Callable[[argparse.ArgumentParser], None] = lambda parser: None) -> None:
+    """The command line of a resumable benchmark over partitions x methods x seeds (benchmarks.strategies,
+    benchmarks.fedns): run the missing cells into --out, or with --table summarise results files."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table", type=Path, nargs="+", help="summarise results files instead of running")
+    parser.add_argument("--out", type=Path, default=out)
+    more(parser)
+    parser.add_argument("--partitions", nargs="+", default=partitions, choices=partitions)
+    parser.add_argument("--methods", nargs="+", default=methods, choices=methods)
+    parser.add_argument("--seeds", type=positive_int, default=3)
+    parser.add_argument("--rounds", type=positive_int, default=rounds)
+    parser.add_argument("--lr", type=positive_float, default=0.1)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--data-dir", type=Path)
+    args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+    else:
+        run(args)

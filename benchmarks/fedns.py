@@ -17,7 +17,6 @@ model on the clean test set. What differs here, and why (README, "FedNS reproduc
     python -m benchmarks.fedns --table benchmarks/results/fedns.jsonl
 """
 
-import argparse
 import json
 import statistics
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import entry, positive_float, positive_int, results_file
+from benchmarks import entry, results_file, study_matrix_main
 from benchmarks.strategies import done_before, read_lines
 from fedbridge.data.datasets import load_dataset
 from fedbridge.engines import simulation
@@ -158,22 +157,7 @@ def table(paths: list[Path]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", type=Path, nargs="+", help="summarise results files instead of running")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/fedns.jsonl"))
-    parser.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=list(PARTITIONS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--seeds", type=positive_int, default=3)
-    parser.add_argument("--rounds", type=positive_int, default=30)
-    parser.add_argument("--lr", type=positive_float, default=0.1)
-    parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--data-dir", type=Path)
-    args = parser.parse_args()
-    if args.table:
-        print(table(args.table))
-    else:
-        run(args)
-
+    study_matrix_main(__doc__, Path("benchmarks/results/fedns.jsonl"), 30, list(PARTITIONS), list(METHODS), run, table)
 
 if __name__ == "__main__":
     entry(main)

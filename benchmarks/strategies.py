@@ -10,7 +10,6 @@ an interrupted benchmark keeps what it measured and `--table` summarises whateve
     python -m benchmarks.strategies --table benchmarks/results/strategies*.jsonl
 """
 
-import argparse
 import json
 import statistics
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import entry, positive_float, positive_int, results_file
+from benchmarks import entry, results_file, study_matrix_main
 from fedbridge import detection
 from fedbridge.strategies.diagnostics import SCORES
 from fedbridge.data.datasets import load_dataset
@@ -286,22 +285,8 @@ def table(paths: list[Path]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--table", type=Path, nargs="+", help="summarise results files instead of running")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/strategies.jsonl"))
-    parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"])
-    parser.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=list(PARTITIONS))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--seeds", type=positive_int, default=3)
-    parser.add_argument("--rounds", type=positive_int, default=10)
-    parser.add_argument("--lr", type=positive_float, default=0.1)
-    parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--data-dir", type=Path)
-    args = parser.parse_args()
-    if args.table:
-        print(table(args.table))
-    else:
-        run(args)
+    study_matrix_main(__doc__, Path("benchmarks/results/strategies.jsonl"), 10, list(PARTITIONS), list(METHODS), run, table,
+                      lambda parser: parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion-mnist"]))
 
 
 if __name__ == "__main__":

@@ -44,3 +44,18 @@ def stopping_after(method_name: str, round_: int):
         return simulation.train(method, federation, exp, seed, then_stop, **more)
 
     return train
+
+
+def through_a_checkpoint(state):
+    """`state` after torch.save and a weights-only torch.load, as `fedbridge run --resume` reads it back."""
+    import io
+
+    import torch
+
+    from fedbridge.strategies.api import ServerState
+
+    saved = io.BytesIO()
+    torch.save({"params": state.params, "extra": state.extra}, saved)
+    saved.seek(0)
+    checkpoint = torch.load(saved, weights_only=True)
+    return ServerState(checkpoint["params"], checkpoint["extra"])

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from fedbridge.errors import ConfigError
-from fedbridge.experiment import Sizes, load_experiment, parse_override
+from fedbridge.data.partitions import Sizes
+from fedbridge.experiment import load_experiment, parse_override
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 

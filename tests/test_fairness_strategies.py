@@ -1,15 +1,14 @@
 """q-FedAvg, AFL and Bulyan: each rule on tiny inputs whose answer can be checked by hand, then
 through the simulation engine (resumed equal to uninterrupted), and their keys that make no sense."""
 
-import io
 
 import pytest
 import torch
 
+from conftest import through_a_checkpoint
 from fedbridge.engines.simulation import train
 from fedbridge.errors import ConfigError
 from fedbridge.strategies.afl import afl, mixture_step, project_simplex
-from fedbridge.strategies.api import ServerState
 from fedbridge.strategies.bulyan import bulyan, krum_selection, nearest_median_mean
 from fedbridge.strategies.fedavg import FEDAVG
 from fedbridge.strategies.qfedavg import qfedavg
@@ -128,12 +127,7 @@ def test_a_run_resumed_from_its_checkpointed_state_equals_an_uninterrupted_one(s
     fed, exp = _federation(clients), _exp(strategy, rounds=2, clients=clients)
     method, states = exp.method(exp.strategy.name), {}
     whole = train(method, fed, exp, seed=0, on_round=lambda r, recs, diagnostics, state: states.update({r: state}))
-    # through a checkpoint's bytes, as `fedbridge run --resume` reads it
-    saved = io.BytesIO()
-    torch.save({"params": states[1].params, "extra": states[1].extra}, saved)
-    saved.seek(0)
-    checkpoint = torch.load(saved, weights_only=True)
-    resumed = train(method, fed, exp, seed=0, resume=(1, ServerState(checkpoint["params"], checkpoint["extra"])))
+    resumed = train(method, fed, exp, seed=0, resume=(1, through_a_checkpoint(states[1])))
     assert all(torch.equal(whole[n], resumed[n]) for n in whole)
 
 

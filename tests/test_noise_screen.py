@@ -1,17 +1,17 @@
 """FedNS (strategy.noise_screen): the client score, the split and the weights by hand, then through
 the engine on FedAvg, trimmed mean and FedNova, and the strategies it cannot wrap refused."""
 
-import io
 
 import pytest
 import torch
 
 from fedbridge import gradnorm
+from conftest import through_a_checkpoint
 from fedbridge.engines.simulation import train
 from fedbridge.errors import ConfigError
 from fedbridge.federation import Client, Federation
 from fedbridge.strategies import registry
-from fedbridge.strategies.api import ClientUpdates, ServerState
+from fedbridge.strategies.api import ClientUpdates
 from fedbridge.strategies.fedavg import FEDAVG
 from fedbridge.strategies.noise_screen import CLEAN, NOISY, SCORE, UNKNOWN, FedNS, screened, two_means_split, verdicts
 from fedbridge.strategies.trimmed_mean import trimmed_mean
@@ -112,11 +112,7 @@ def test_the_screen_finds_the_noisy_clients_through_the_engine_and_resumes(strat
     method = exp.method(strategy["name"])
     whole = train(method, fed, exp, seed=0, on_round=lambda r, recs, diagnostics, state: states.update({r: state}))
     assert states[1].extra["fedns"]["known"].tolist() == [CLEAN, CLEAN, CLEAN, NOISY]
-    saved = io.BytesIO()
-    torch.save({"params": states[1].params, "extra": states[1].extra}, saved)
-    saved.seek(0)
-    checkpoint = torch.load(saved, weights_only=True)
-    resumed = train(method, fed, exp, seed=0, resume=(1, ServerState(checkpoint["params"], checkpoint["extra"])))
+    resumed = train(method, fed, exp, seed=0, resume=(1, through_a_checkpoint(states[1])))
     assert all(torch.equal(whole[n], resumed[n]) for n in whole)
     unscreened = _exp({k: v for k, v in strategy.items() if k != "noise_screen"}, rounds=3, clients=4)
     plain = train(unscreened.method(strategy["name"]), fed, unscreened, seed=0)

@@ -29,7 +29,8 @@ from fedbridge import client_state, kernels
 from fedbridge.data import corrupt
 from fedbridge.data.datasets import Dataset
 from fedbridge.errors import ConfigError
-from fedbridge.experiment import IID, Experiment, Shards, Sizes
+from fedbridge.data.partitions import IID, Shards, Sizes
+from fedbridge.experiment import Experiment
 from fedbridge.models import build_model, norm_state, state_size
 from fedbridge.schema import LOCAL, POOLED
 from fedbridge.strategies import registry

@@ -11,13 +11,14 @@ import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fedbridge import files, losses, models
 from fedbridge.data import corrupt
 from fedbridge.data.config import Data
+from fedbridge.data.partitions import IID, Natural, Partition, Sizes
 from fedbridge.errors import ConfigError
 from fedbridge.privacy import budget
 from fedbridge.privacy.config import Privacy, setting_problem
@@ -33,43 +34,6 @@ MAX_CONFIG_BYTES = 2**20
 # `name` is one folder name, runs/NAME-TIME: 100 characters, and 200 bytes for those that take
 # several, leave room under the 255 bytes a file name may have for "-deploy-YYYYmmdd-HHMMSS-N"
 MAX_NAME_CHARS, MAX_NAME_BYTES = 100, 200
-
-
-class IID(Strict):
-    name: Literal["iid"]
-    samples_per_client: int | None = Field(default=None, gt=0)
-
-
-class Dirichlet(Strict):
-    name: Literal["dirichlet"]
-    alpha: float = Field(gt=0)
-    min_size: int = Field(default=10, ge=1)
-
-
-class Shards(Strict):
-    name: Literal["shards"]
-    shards_per_client: int = Field(default=2, ge=1)
-    shard_size: int | None = Field(default=None, gt=0)
-
-
-class Quantity(Strict):
-    name: Literal["quantity"]
-    alpha: float = Field(gt=0)
-    min_size: int = Field(default=10, ge=1)
-
-
-class Sizes(Strict):
-    name: Literal["sizes"]
-    sizes: list[Annotated[int, Field(gt=0)]]
-
-
-class Natural(Strict):
-    """Each holder the data names (data.client's values, or an image folder's client folders) is one client."""
-
-    name: Literal["natural"]
-
-
-Partition = Annotated[Union[IID, Dirichlet, Shards, Quantity, Sizes, Natural], Field(discriminator="name")]
 
 
 class Profile(BaseModel):

@@ -14,8 +14,9 @@ import torch
 from fedbridge.data import corrupt, own, partition
 from fedbridge.data.datasets import Dataset, load_dataset
 from fedbridge.data.resolve import with_fallback
+from fedbridge.data.partitions import IID, Dirichlet, Natural, Quantity, Shards, Sizes
 from fedbridge.errors import ConfigError
-from fedbridge.experiment import Experiment, IID, Dirichlet, Natural, Quantity, Shards, Sizes
+from fedbridge.experiment import Experiment
 from fedbridge.local import client_generator
 
 # independent random streams derived from the seed, so changing one never shifts another

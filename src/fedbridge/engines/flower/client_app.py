@@ -23,7 +23,8 @@ from fedbridge.data.datasets import Dataset
 from fedbridge.data.idx import read_idx, unreadable
 from fedbridge.engines.flower.arrays import from_record, to_record
 from fedbridge.errors import ConfigError, DataError
-from fedbridge.experiment import IID, ClientGroup, Experiment
+from fedbridge.data.partitions import IID
+from fedbridge.experiment import ClientGroup, Experiment
 from fedbridge.federation import Client, Federation, build_federation, load_data
 from fedbridge.files import atomic_write
 from fedbridge.local import GradientAdjust, client_generator, evaluate, local_update
