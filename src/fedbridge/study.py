@@ -155,7 +155,10 @@ def run_study(
                 todo = [m for m in exp.methods if (seed, m.name) not in position.finished]
                 if todo:
                     federation = build_federation(dataset, exp, seed, rows[seed])
-                    for method in todo:
+                    # a deployed strategy's run was submitted at the start and trains on its nodes
+                    # meanwhile: the in-process methods go first, so they overlap it (stable: on
+                    # the simulation engine the order stays exp.methods')
+                    for method in sorted(todo, key=lambda m: engines[m.name] != "simulation"):
                         writer.pair(train, federation, seed, method)
         summary = summarize(exp, dataset, note, seeds, writer.final, position.seconds, position.detection, engines)
         results.write_summary(out, summary)
