@@ -38,10 +38,6 @@ from fedbridge.strategies import registry
 # test images local.evaluate scores at once, and the clients' models scored together on them
 # (engines/simulation.py's EVAL_IMAGES and EVAL_MODELS)
 EVAL_CHUNK, EVAL_MODELS = 2000, 64
-# strategies whose state keeps a row per client (a client_state store), and those whose clients are
-# scored, and saved, with one model each: every client's model is in memory when the weights are saved
-KEEPS_PER_CLIENT = {"scaffold", "ditto", "fedper", "fedrep"}
-SCORES_PER_CLIENT = {"ditto", "fedper", "fedrep", "finetune"}
 # the batch schedule keeps 32 bytes per slot: positions, rows and labels as int64, weights and
 # sample weights as float32 (local.batch_schedule and local._train_chunk)
 SCHEDULE_BYTES = 32
@@ -143,7 +139,8 @@ def memory_needs(exp: Experiment, dataset: Dataset, shape: tuple[int, ...]) -> l
 
 
 def _saves_per_client(exp: Experiment) -> bool:
-    return any(m.name == LOCAL or m.name in SCORES_PER_CLIENT for m in exp.methods)
+    # every client's model is in memory when the weights are saved
+    return any(m.name == LOCAL or registry.spec(m.strategy).scores_per_client for m in exp.methods)
 
 
 def _state_needs(exp: Experiment, params: int) -> list[Need]:
@@ -151,7 +148,7 @@ def _state_needs(exp: Experiment, params: int) -> list[Need]:
     keeps only a head: an upper bound): in memory while they fit MEMORY_BUDGET, twice (a round's
     state and the next); beyond it in files, and in memory only the rows changed between two
     checkpoints (eval.every rounds of clients), twice at a checkpoint (and its journal)."""
-    stateful = [m.name for m in exp.methods if m.name == LOCAL or m.name in KEEPS_PER_CLIENT]
+    stateful = [m.name for m in exp.methods if m.name == LOCAL or registry.spec(m.strategy).keeps_per_client]
     if not stateful:
         return []
     k, row = exp.n_clients, 4 * params

@@ -53,8 +53,7 @@ def evaluate_clients(model: torch.nn.Module, models: Models, federation: Federat
     ids = torch.arange(len(federation.clients)) if ids is None else ids
     if cross or device != "cpu":
         rows = models if isinstance(models, dict) else models.take(ids)
-        scores = _cross_clients(model, rows, federation, ids.tolist(), device)
-        return scores if cross else [x for x in scores if x[1] in ("own", "clean")]
+        return _on_each_test_set(model, rows, federation, ids.tolist(), cross, device)
     if isinstance(models, dict) and next(iter(models.values())).shape[0] == 1:
         own = _own_with_one(model, models, federation, ids.tolist())
         clean = [x.item() for x in evaluate(model, models, federation.clean_test_images, federation.clean_test_labels)]
@@ -112,15 +111,22 @@ def _own_with_each(model: torch.nn.Module, params: Params, federation: Federatio
     return list(zip((correct / sizes).tolist(), (loss / sizes).tolist()))
 
 
-def _cross_clients(model: torch.nn.Module, params: Params, federation: Federation, ids: list[int],
-                   device: str = "cpu") -> list[rounds.Score]:
-    """Every evaluated model on every evaluated client's own test data (a grid of len(ids)^2)."""
+def _on_each_test_set(model: torch.nn.Module, params: Params, federation: Federation, ids: list[int], cross: bool,
+                      device: str = "cpu") -> list[rounds.Score]:
+    """Each evaluated client's model on its own test data through local.evaluate, and with `cross`
+    every evaluated model on every evaluated client's own test data (a grid of len(ids)^2)."""
     m = next(iter(params.values())).shape[0]
     out = []
-    for target in ids:
+    for j, target in enumerate(ids):
+        test = federation.clients[target]
+        if not cross:  # only its owner's model on this test set
+            i = j if m > 1 else 0
+            acc, loss = evaluate(model, {n: p[i : i + 1] for n, p in params.items()}, test.test_images,
+                                 test.test_labels, device=device)
+            out.append((target, "own", acc[0].item(), loss[0].item()))
+            continue
         # every model on this test set in one batched call, then read off the rows we need
-        acc, loss = evaluate(model, params, federation.clients[target].test_images, federation.clients[target].test_labels,
-                             device=device)
+        acc, loss = evaluate(model, params, test.test_images, test.test_labels, device=device)
         for k, c in enumerate(ids):
             i = k if m > 1 else 0
             test_set = "own" if c == target else f"client:{target + 1}"

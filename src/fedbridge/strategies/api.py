@@ -126,6 +126,10 @@ class StrategySpec:
     # its `local` step (e.g. FedProx's proximal term) runs on each Flower node, which gets the
     # strategy's config and calls `local` on a state holding only the received model
     on_node: bool = False
+    # a row per client in a client_state store (control variates, personal models, heads), and
+    # clients scored, and saved, with one model each: what bounds.py counts in memory
+    keeps_per_client: bool = False
+    scores_per_client: bool = False
 
 
 def needs_clients(config: BaseModel, setup: Setup, minimum: int = 3) -> str | None:
