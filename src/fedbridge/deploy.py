@@ -19,6 +19,8 @@ from fedbridge.engines import simulation
 from fedbridge.engines.flower import certificates as throwaway
 from fedbridge.engines.flower import channel, hosts
 from fedbridge.engines.flower.processes import Cluster, Security, cluster
+from fedbridge.engines.flower.secagg import SecAgg
+from fedbridge.engines.flower.secagg import check as secagg_check
 from fedbridge.engines.flower.server_app import deployable, limits_problem
 from fedbridge.engines.flower.submit import follow, stop_run, submit
 from fedbridge.errors import ConfigError, FedbridgeError
@@ -56,6 +58,7 @@ class FlowerRuns:
     faults: Faults
     left_out: list[dict] | None = None
     train_ahead: bool = True
+    secagg: SecAgg | None = None  # train through SecAgg+ (engines/flower/secagg.py)
     # runs submitted before the study asked for them (start_all): (seed, method) -> (run id, out-dir)
     started: dict[tuple[int, str], tuple[int, Path]] = field(default_factory=dict)
 
@@ -70,6 +73,8 @@ class FlowerRuns:
             "round-timeout": self.faults.round_timeout, "min-nodes": self.faults.min_nodes,
             "connect-timeout": self.faults.connect_timeout, "train-ahead": self.train_ahead,
         }
+        if self.secagg is not None:
+            settings.update({"secagg": True, **self.secagg.run_config()})
         if resume is not None:  # the ServerApp continues after round r from the study's checkpoint
             channel.write_resume(out, *resume)
             settings["resume"] = str(out / channel.RESUME)
@@ -102,13 +107,13 @@ class FlowerRuns:
 
 
 def flower_train(cluster: Cluster, faults: Faults, left_out: list[dict] | None = None,
-                 train_ahead: bool = True) -> FlowerRuns:
-    return FlowerRuns(cluster, faults, left_out, train_ahead)
+                 train_ahead: bool = True, secagg: SecAgg | None = None) -> FlowerRuns:
+    return FlowerRuns(cluster, faults, left_out, train_ahead, secagg)
 
 
 def deploy_study(exp: Experiment, out: Path, data_dir: Path | None, console: Console, nodes: int,
                  tls: bool = False, faults: Faults = Faults(), resume: bool = False,
-                 superlink: str | None = None, certificates: Path | None = None) -> dict:
+                 superlink: str | None = None, certificates: Path | None = None, secagg: SecAgg | None = None) -> dict:
     """Start a SuperLink and one SuperNode per client on loopback, run the study through them, stop them.
 
     The summary is `fedbridge run`'s plus `left_out`: every client missing from a round's step, with
@@ -116,8 +121,9 @@ def deploy_study(exp: Experiment, out: Path, data_dir: Path | None, console: Con
     `out` is an interrupted deployment: its finished rounds are kept and the rest run on a new cluster
     (the clients left out before the interruption are not listed again). With `superlink`, the
     strategy runs on that SuperLink's SuperNodes instead (other machines: hosts.py), trusting the
-    ca.crt in `certificates`."""
+    ca.crt in `certificates`. With `secagg`, each round's training goes through SecAgg+."""
     deployable(exp)
+    secagg_check(exp, secagg)
     if superlink is None and nodes != exp.n_clients:
         raise ConfigError(f"--nodes {nodes}: the experiment has {exp.n_clients} clients and each runs on its own "
                           f"SuperNode; use --nodes {exp.n_clients}")
@@ -141,7 +147,7 @@ def deploy_study(exp: Experiment, out: Path, data_dir: Path | None, console: Con
             else:
                 running_cluster = hosts.remote(superlink, certificates, workdir)
             with running_cluster as running:
-                train = flower_train(running, faults, left_out)
+                train = flower_train(running, faults, left_out, secagg=secagg)
                 if not resume:  # a resumed study knows only inside which rounds are left
                     train.start_all(exp)
                 summary = run_study(exp, out, data_dir, console, train=train, engine="flower", resume=resume)

@@ -22,6 +22,7 @@ from fedbridge.data.cache import cache_dir
 from fedbridge.data.datasets import Dataset
 from fedbridge.data.idx import read_idx, unreadable
 from fedbridge.engines.flower.arrays import from_record, to_record
+from fedbridge.engines.flower.secagg import node_mod
 from fedbridge.errors import ConfigError, DataError
 from fedbridge.data.partitions import IID
 from fedbridge.experiment import ClientGroup, Experiment
@@ -165,7 +166,7 @@ def started(seconds: dict[str, float]) -> dict[str, float]:
     return {"seconds-start": first, **seconds}
 
 
-@app.train()
+@app.train(mods=[node_mod])  # SecAgg+ rounds (deploy --secagg) go through Flower's secaggplus_mod
 def train(message: Message, context: Context) -> Message:
     """Train from the received model; with `evaluate-round` in the config, score it first (the
     server's evaluation of the previous round, sent with this round's training)."""

@@ -23,7 +23,10 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedbridge import rounds
 from fedbridge.engines.flower import channel
+from fedbridge.engines.flower import secagg
 from fedbridge.engines.flower.replies import described
+from fedbridge.engines.flower.secagg import SecAgg
+from fedbridge.engines.flower.secagg_server import secure_transport
 from fedbridge.engines.flower.transport import POLL_SECONDS, Nodes, flower_transport, message
 from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.experiment import Experiment, load_experiment
@@ -47,6 +50,7 @@ class Settings:
     connect_timeout: float
     train_ahead: bool = True  # round r's evaluation sent with round r+1's training (transport.py)
     resume: Path | None = None  # channel.write_resume's file: continue after its round from its state
+    secagg: SecAgg | None = None  # train through SecAgg+ (secagg.py)
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> "Settings":
@@ -60,6 +64,7 @@ class Settings:
             Path(str(run_config["out-dir"])), _number(run_config, "round-timeout", float),
             _number(run_config, "min-nodes", int), _number(run_config, "connect-timeout", float),
             _switch(run_config, "train-ahead"), Path(str(run_config["resume"])) if run_config.get("resume") else None,
+            secagg.from_run_config(run_config),
         )
         if problem := limits_problem(settings.round_timeout, settings.min_nodes, settings.connect_timeout):
             raise ConfigError(f"run config {problem}; set it with flwr run ... --run-config '{problem.split()[0]}=...'")
@@ -174,6 +179,7 @@ def run(grid: Grid, exp: Experiment, seed: int, settings: Settings, left_out: li
     every client left out of a step is added to `left_out` as it happens (Nodes.left_out), so a run
     that stops still tells who was missing before."""
     deployable(exp)
+    secagg.check(exp, settings.secagg)
     if settings.min_nodes > exp.n_clients:
         raise ConfigError(f"min-nodes {settings.min_nodes} is more than the experiment's {exp.n_clients} clients; "
                           f"use at most {exp.n_clients}")
@@ -196,7 +202,10 @@ def run(grid: Grid, exp: Experiment, seed: int, settings: Settings, left_out: li
         began[0] = time.monotonic()
 
     transport = flower_transport(nodes, connected.examples, {n: tuple(p.shape[1:]) for n, p in initial.items()}, config,
-                                 schedule, settings.train_ahead, registry.spec(exp.strategy).on_node)
+                                 schedule, settings.train_ahead and settings.secagg is None, registry.spec(exp.strategy).on_node)
+    if settings.secagg is not None:
+        transport = secure_transport(transport, nodes, connected.examples, config, settings.secagg,
+                                     registry.spec(exp.strategy).on_node)
     resume = channel.read_resume(settings.resume) if settings.resume else None
     rounds.train(registry.build(exp.strategy, exp.setup), transport, initial, schedule, on_round, resume)
 
