@@ -13,6 +13,7 @@ Flower's SuperExec starting a ClientApp process per message, and evaluation in a
 
     python -m benchmarks.deploy                     # ~3 min on 2 cores
     python -m benchmarks.deploy --rounds 3 --no-study --before
+    python -m benchmarks.deploy --rounds 5 --no-study --secagg   # a round with SecAgg+ against without
 
 Target (issue 20): a round at most the floor + the round's node work + 1 s, the study under 120 s.
 """
@@ -51,8 +52,9 @@ def echo_rounds(running, rounds: int, workdir: Path) -> list[float]:
     return json.loads(out.read_text())
 
 
-def fedavg_rounds(running, rounds: int, train_ahead: bool) -> dict:
-    """Round seconds (as the study sees them arrive) and the ServerApp's per-step timings."""
+def fedavg_rounds(running, rounds: int, train_ahead: bool, secagg=None) -> dict:
+    """Round seconds (as the study sees them arrive) and the ServerApp's per-step timings; with
+    `secagg` (engines/flower/secagg.SecAgg), trained through SecAgg+."""
     from fedbridge.data.datasets import load_dataset
     from fedbridge.deploy import Faults, flower_train
     from fedbridge.engines.flower import channel
@@ -61,8 +63,10 @@ def fedavg_rounds(running, rounds: int, train_ahead: bool) -> dict:
 
     exp, _ = load_experiment(CONFIG, [f"train.rounds={rounds}", "baselines=[]"])
     federation = build_federation(load_dataset(exp.data.name), exp, exp.seed)
-    flower_train(running, Faults(round_timeout=300), train_ahead=train_ahead)(exp.method("fedavg"), federation, exp, exp.seed)
-    steps = channel.read_timings(running.workdir / f"seed{exp.seed}-fedavg")
+    seed = exp.seed + (1 if secagg else 0)  # a run folder of its own on the same cluster
+    flower_train(running, Faults(round_timeout=300), train_ahead=train_ahead, secagg=secagg)(
+        exp.method("fedavg"), federation, exp, seed)
+    steps = channel.read_timings(running.workdir / f"seed{seed}-fedavg")
     # the ServerApp's own round times: the study sees the rounds late whenever it is asking Flower
     seconds = [step["seconds"] for step in steps if step["step"] == "round"]
     return {"round_seconds": seconds, "steps": steps}
@@ -100,6 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=positive_int, default=5, help="rounds of the echo App and of FedAvg")
     parser.add_argument("--before", action="store_true", help="also FedAvg as before: a process per message, two messages a round")
+    parser.add_argument("--secagg", action="store_true", help="also FedAvg through SecAgg+ (deploy --secagg), on the same cluster")
     parser.add_argument("--no-study", action="store_true", help="skip the whole seed study by `fedbridge deploy`")
     parser.add_argument("--json", type=Path, default=Path("deploy.json"))
     args = parser.parse_args()
@@ -117,6 +122,9 @@ def main() -> None:
             with cluster(2, workdir / name, warm=warm) as running:
                 floor = echo_rounds(running, args.rounds, workdir / name)
                 fedavg = fedavg_rounds(running, args.rounds, train_ahead=warm)
+                if args.secagg and warm:
+                    from fedbridge.engines.flower.secagg import SecAgg
+                    secure = fedavg_rounds(running, args.rounds, train_ahead=True, secagg=SecAgg())
             parts = breakdown(fedavg["steps"])
             report[name] = {"floor_seconds": floor, **fedavg, "breakdown": parts}
             later = fedavg["round_seconds"][1:]
@@ -126,6 +134,13 @@ def main() -> None:
                   f"FedAvg round {round_median:.2f} s (rounds 2-{args.rounds}: {', '.join(f'{s:.2f}' for s in later)}); "
                   f"node work {work:.2f} s; round - floor - work = {round_median - floor_median - work:+.2f} s (target <= +1)")
             print("  breakdown (median s a round): " + ", ".join(f"{k.removeprefix('seconds-')} {v:.2f}" for k, v in sorted(parts.items())))
+            if args.secagg and warm:
+                secure_median = statistics.median(secure["round_seconds"][1:])
+                report["secagg"] = {**secure, "breakdown": breakdown(secure["steps"])}
+                print(f"secagg: FedAvg round {secure_median:.2f} s with SecAgg+ (rounds 2-{args.rounds}: "
+                      f"{', '.join(f'{s:.2f}' for s in secure['round_seconds'][1:])}) against {round_median:.2f} s "
+                      f"without, on the same cluster: x{secure_median / round_median:.2f}, "
+                      f"{secure_median - round_median:+.2f} s a round")
         if not args.no_study:
             seconds, code = study_seconds(workdir)
             report["study_seconds"], report["study_exit"] = seconds, code

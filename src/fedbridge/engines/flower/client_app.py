@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
+from pydantic import ValidationError
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -60,15 +61,30 @@ def folder_dataset(folder: Path, name: str) -> Dataset:
                    source=str(folder))
 
 
+def own_dataset(exp: Experiment, path: Path) -> Dataset:
+    """A node's own data at `path` (node config `data-folder`, or `data-path`), in the format [data]
+    names: a folder of IDX files (FOLDER_FILES) for MNIST-like data, else the file or folder that
+    data.path would name, read as the simulation reads it (fedbridge.data.own). Where it has no
+    test set, the node holds out data.common_test_fraction of its rows as its part of the common
+    test set; a `client` column is no feature, as every row of the node is its one client's."""
+    if exp.data.kind == "idx":
+        return folder_dataset(path, exp.data.name)
+    if exp.data.kind == "bundled":
+        raise ConfigError(f"this node has its own data ({path}), but [data] names scikit-learn's {exp.data.name!r}; "
+                          "set data.format (npz, csv, image-folder, cifar10) to the format of the nodes' files")
+    mine = exp.data.model_copy(update={"path": path, "test_path": None})
+    return load_data(exp.model_copy(update={"data": mine, "partition": IID(name="iid")}), None)
+
+
 def build_own(exp: Experiment, seed: int, client: int, data_dir: str | None, data_folder: str | None) -> Federation:
     """Only this client's share of the benchmark federation, or, with `data_folder`, the node's own
-    files as a one-client federation with this client's profile (split and corrupted the same way)."""
+    data as a one-client federation with this client's profile (split and corrupted the same way)."""
     if data_folder is None:
         full = build_federation(load_data(exp, data_dir), exp, seed)
         mine = full.clients[client]
     else:
         alone = exp.model_copy(update={"clients": [ClientGroup(profile=exp.profiles[client])], "partition": IID(name="iid")})
-        full = build_federation(folder_dataset(Path(data_folder), exp.data.name), alone, seed)
+        full = build_federation(own_dataset(exp, Path(data_folder)), alone, seed)
         mine = full.clients[0]
     return Federation(
         full.dataset, full.source, full.num_classes, full.train_images[mine.train_rows],
@@ -117,16 +133,27 @@ def node_data(experiment: str, seed: int, client: int, data_dir: str | None, dat
     return node_data(experiment, seed, client, data_dir, data_folder)
 
 
+def node_experiment(text: str) -> Experiment:
+    """The experiment the server sent; a model factory this node cannot import is named with the fix."""
+    try:
+        return Experiment.model_validate_json(text)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise ConfigError(f"this SuperNode cannot use the experiment: {problems}. A model = \"module:function\" or a "
+                          "custom rule must be importable on every node: install its module there, or start the "
+                          "SuperNode with it on PYTHONPATH (or in its working directory)") from None
+
+
 def my_client(message: Message, context: Context) -> tuple[Experiment, int, Federation, Client]:
     config = message.content["config"]
-    exp = Experiment.model_validate_json(config["experiment"])
+    exp = node_experiment(config["experiment"])
     if "partition-id" not in context.node_config:
         raise ConfigError("this SuperNode has no partition-id; start it with --node-config 'partition-id=0'")
     pid = int(context.node_config["partition-id"])
     if not 0 <= pid < exp.n_clients:
         raise ConfigError(f"partition-id={pid}, but the experiment has clients 0..{exp.n_clients - 1}")
     data_dir = context.node_config.get("data-dir") or exp.data.dir
-    folder = context.node_config.get("data-folder") or None
+    folder = context.node_config.get("data-path") or context.node_config.get("data-folder") or None
     federation = node_data(config["experiment"], int(config["seed"]), pid, data_dir and str(data_dir),
                            folder and str(folder))
     return exp, int(config["seed"]), federation, federation.clients[0]
@@ -135,7 +162,8 @@ def my_client(message: Message, context: Context) -> tuple[Experiment, int, Fede
 @app.query()
 def describe(message: Message, context: Context) -> Message:
     """Which client this node is and what its data looks like, so the server can build the model."""
-    _, _, federation, client = my_client(message, context)
+    exp, _, federation, client = my_client(message, context)
+    build_model(exp.model, federation.input_shape, federation.num_classes)  # a model factory that fails says so now
     started({})  # the process's start goes to its first message
     info = ConfigRecord({
         "partition-id": client.index, "num-examples": len(client.train_rows),
