@@ -83,4 +83,4 @@ def test_a_supernode_needs_its_partition_and_a_reachable_superlink(tmp_path):
     result = invoke("deploy", "--serve-supernode", f"127.0.0.1:{port}", "--partition-id", "0")
     assert result.exit_code == 2 and f"cannot reach the SuperLink at 127.0.0.1:{port}" in result.output
     result = invoke("deploy", "--serve-supernode", "127.0.0.1:1", "--partition-id", "0", "--data-folder", tmp_path / "no")
-    assert result.exit_code == 2 and "is not a folder" in result.output
+    assert result.exit_code == 2 and "does not exist" in result.output

@@ -146,7 +146,7 @@ def run(
 @click.option("--serve-superlink", metavar="HOST:PORT", help="Only start a SuperLink here, listening on HOST:PORT, until Ctrl-C.")
 @click.option("--serve-supernode", metavar="SUPERLINK", help="Only start a SuperNode here for --partition-id, connecting to SUPERLINK (HOST:PORT).")
 @click.option("--partition-id", type=click.IntRange(min=0), help="With --serve-supernode: which client this node is (0 = client 1).")
-@click.option("--data-folder", type=click.Path(path_type=Path), help="With --serve-supernode: this node's own IDX files.")
+@click.option("--data-folder", type=click.Path(path_type=Path), help="With --serve-supernode: this node's own data (IDX folder, or [data]'s file or folder).")
 @click.option("--secagg", is_flag=True, help="Secure aggregation (SecAgg+): the server sees only the sum of the clients' updates.")
 @click.option("--secagg-shares", type=int, default=3, show_default=True, help="With --secagg: shares of each node's secrets (itself and its neighbours).")
 @click.option("--secagg-threshold", type=int, default=2, show_default=True, help="With --secagg: shares that rebuild a node's secrets (a dropped node's masks).")

@@ -3,7 +3,8 @@
 The node's config says which client it is (`partition-id`, as Flower's simulation sets it too) and
 where its data is: for benchmarks the shared dataset (`data-dir`, else FEDBRIDGE_DATA and the usual
 places), of which the node keeps only its own share of the federation built with the shared seed;
-for real use a folder of the node's own IDX files (`data-folder`). The server sends the experiment
+for real use the node's own data (`data-folder` or `data-path`: a folder of IDX files, or the file
+or folder of the format [data] names, own_dataset). The server sends the experiment
 and the seed; the node applies its data-quality profile here (cached on the node), and no sample
 leaves it. Training and evaluation are fedbridge's own functions with K=1.
 """

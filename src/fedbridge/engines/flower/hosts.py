@@ -94,8 +94,9 @@ def serve_supernode(superlink: str, partition: int, folder: Path | None, data_fo
     """A SuperNode of client `partition + 1` and its ClientApp process on this machine until Ctrl-C."""
     ca = needed(folder, "ca.crt") if folder else None
     key = needed(folder, f"node-{partition}") if folder else None
-    if data_folder is not None and not data_folder.is_dir():
-        raise ConfigError(f"--data-folder {data_folder} is not a folder; give the folder of this node's IDX files")
+    if data_folder is not None and not data_folder.exists():
+        raise ConfigError(f"--data-folder {data_folder} does not exist; give this node's own data: the folder of its "
+                          "IDX files, or the file or folder in the format the experiment's [data] names")
     reach(superlink, ca)
     workdir = Path(tempfile.mkdtemp(prefix="fedbridge-supernode-"))
     env = flower_env(workdir / "flwr-home")

@@ -82,7 +82,8 @@ def described(content: RecordDict, n: int) -> tuple[int, int, tuple[int, ...], i
     except (TypeError, KeyError, ValueError) as e:
         raise FedbridgeError(f"a SuperNode described itself without a valid {e}; is it running fedbridge's "
                              "ClientApp (the same version as the server)?") from None
-    if not 0 <= client < n or examples < 1 or len(shape) != 3 or min(shape) < 1 or classes < 2:
+    # images [C, H, W] or a table's features [F]
+    if not 0 <= client < n or examples < 1 or len(shape) not in (1, 3) or min(shape) < 1 or classes < 2:
         raise FedbridgeError(f"a SuperNode described itself as partition-id={client} with {examples} samples of "
                              f"shape {shape} in {classes} classes; expected partition-id 0..{n - 1} with some samples")
     return client, examples, shape, classes
