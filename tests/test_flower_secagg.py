@@ -112,8 +112,8 @@ def sent(monkeypatch):
     return kept
 
 
-def run(config, out, grid, secure: SecAgg | None = SecAgg(), timeout: float = 5.0, left_out=None):
-    exp, _ = load_experiment(config, [])
+def run(config, out, grid, secure: SecAgg | None = SecAgg(), timeout: float = 5.0, left_out=None, overrides=()):
+    exp, _ = load_experiment(config, list(overrides))
     out.mkdir()
     settings = Settings(config, [], 0, out, round_timeout=timeout, min_nodes=1, connect_timeout=5.0, secagg=secure)
     server_app.run(grid, exp, 0, settings, [] if left_out is None else left_out)
@@ -164,6 +164,21 @@ def test_the_round_equals_the_plain_deployment_within_the_bound(config, tmp_path
     assert max(gaps) <= bound + 1e-6
 
 
+def test_distributed_dp_fedavg_runs_on_the_nodes_under_secure_aggregation(config, tmp_path, task_identity):
+    """Each node clips its update and adds its share of the noise before masking, from the stream the
+    DP-FedAvg wrapper uses around the plain deployment's strategy: the same model within one step."""
+    pytest.importorskip("dp_accounting")
+    private = ['privacy={level = "client", noise_multiplier = 1.0, clip = 0.5, mode = "distributed"}']
+    secure = run(config, tmp_path / "secure", NodesGrid(), overrides=private)
+    plain = run(config, tmp_path / "plain", NodesGrid(), secure=None, overrides=private)
+    start = run(config, tmp_path / "no-dp", NodesGrid(), secure=None)
+    gaps = [(a - b).abs().max().item() for a, b in zip(secure.values(), plain.values())]
+    assert max(gaps) <= SecAgg().error_bound([1, 1, 1]) + 1e-6
+    assert max((a - b).abs().max().item() for a, b in zip(plain.values(), start.values())) > 0.01  # noised
+    [first] = channel.read_rounds(tmp_path / "secure", 0)
+    assert all(r["epsilon"] > 0 for r in first.records)  # the accountant's ε, as without --secagg
+
+
 def test_the_same_seed_gives_the_same_model(config, tmp_path, task_identity):
     first = run(config, tmp_path / "a", NodesGrid())
     again = run(config, tmp_path / "b", NodesGrid())
@@ -199,6 +214,7 @@ def test_two_of_three_dropping_out_stops_the_run_naming_the_threshold(config, tm
     (["strategy.name=median"], SecAgg(), "needs each client's update"),
     (["strategy.name=fedavg", "strategy.noise_screen=fedns"], SecAgg(), "with noise_screen"),
     (["train.client_fraction=0.34"], SecAgg(), "at least 2 clients a round"),
+    (['privacy={level = "client", noise_multiplier = 1.0, clip = 0.5}'], SecAgg(), 'needs privacy.mode = "distributed"'),
     ([], SecAgg(shares=3, threshold=3), "--secagg-threshold 3 must be at least 2, below --secagg-shares 3"),
     ([], SecAgg(shares=5, threshold=4), "at most the 3 clients of a round"),
     ([], SecAgg(clip=0.0), "--secagg-clip 0.0 must be > 0"),

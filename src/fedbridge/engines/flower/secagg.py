@@ -12,6 +12,7 @@ with, the node's side (`node_mod`); secagg_server.py drives the workflow for the
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -27,10 +28,15 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from fedbridge.engines.flower.arrays import from_record, to_record
 from fedbridge.errors import ConfigError
 from fedbridge.experiment import Experiment
-from fedbridge.rounds import clients_per_round
+from fedbridge.privacy import dpfedavg
+from fedbridge.privacy.config import update_noise
+from fedbridge.rounds import Schedule, clients_per_round
 
 # The model's parameter names travel with the fit instructions, whose legacy Parameters are a bare list
 NAMES = "secagg-names"
+# distributed DP-FedAvg (privacy.dpfedavg): the node clips its update to CLIP and adds its share of the
+# noise, N(0, NOISE^2), before masking, and counts as one in the mean
+CLIP, NOISE = "secagg-dp-clip", "secagg-dp-noise"
 # Flower's largest modulus (SecAggPlusWorkflow: "must be less than 4294967296"): every masked entry
 # and the sum of the round's quantized entries live modulo 2^32
 MODULUS = 2**32
@@ -81,9 +87,10 @@ def problem(exp: Experiment, secagg: SecAgg) -> str | None:
         return (f"--secagg shows the server only the weighted sum of the client models, but strategy.name = "
                 f"{name!r}{' with noise_screen' if name in WEIGHTED_MEAN else ''} needs each client's update "
                 f"(robust rules, scores, per-client weights); with --secagg use one of {', '.join(WEIGHTED_MEAN)}")
-    if exp.privacy is not None and exp.privacy.level == "client":
-        return ("--secagg with [privacy] level = \"client\": DP-FedAvg clips and noises each client's update at the "
-                "server, which secure aggregation hides from it; use one or the other")
+    if (p := exp.privacy) is not None and p.level == "client" and (p.mode != "distributed" or p.adaptive):
+        return ("--secagg with [privacy] level = \"client\" needs privacy.mode = \"distributed\" without "
+                "privacy.adaptive: central DP-FedAvg clips and noises each client's update at the server, and "
+                "adaptive clipping counts the clipped ones there, but secure aggregation hides them from it")
     k = clients_per_round(exp.n_clients, exp.train.client_fraction)
     if k < 2:
         return (f"--secagg needs at least 2 clients a round (a sum of one is that client's update), but "
@@ -102,6 +109,16 @@ def problem(exp: Experiment, secagg: SecAgg) -> str | None:
     if not secagg.clip > 0:
         return f"--secagg-clip {secagg.clip} must be > 0: updates are clipped to [-clip, clip] before quantization"
     return None
+
+
+def distributed_noise(exp: Experiment, schedule: Schedule) -> tuple[float, float] | None:
+    """Client-level distributed DP-FedAvg's (clip C, each node's noise std σC/√m) for a run of
+    `schedule`, which the nodes apply before masking, or None without it."""
+    p = exp.privacy
+    if p is None or p.level != "client" or schedule.privacy is None:
+        return None
+    m = clients_per_round(exp.n_clients, schedule.fraction)
+    return p.clip, update_noise(p, schedule.privacy.sigma, m) * p.clip / math.sqrt(m)
 
 
 def check(exp: Experiment, secagg: SecAgg | None) -> None:
@@ -124,15 +141,23 @@ def _fit(msg: Message, context: Context, train: ClientAppCallable) -> Message:
     config = dict(fitins.config)
     names = json.loads(str(config.pop(NAMES)))
     start = {n: torch.from_numpy(a).unsqueeze(0) for n, a in zip(names, parameters_to_ndarrays(fitins.parameters))}
-    msg.content = RecordDict({"arrays": to_record(start), "config": ConfigRecord(config)})
+    msg.content = RecordDict({"arrays": to_record(start), "config": ConfigRecord(
+        {k: v for k, v in config.items() if k not in (CLIP, NOISE)})})
     reply = train(msg, context)
     trained = from_record(reply.content["arrays"])
     metrics = dict(reply.content["metrics"])
-    update = [(trained[n][0] - start[n][0]).numpy() for n in names]
+    update = {n: trained[n] - start[n] for n in names}
+    weight = int(metrics["num-examples"])
+    if CLIP in config:  # as dpfedavg.wrap releases it, from the same random stream
+        clipped, _ = dpfedavg.clip(update, float(config[CLIP]))
+        client = torch.tensor([int(metrics["partition-id"])])
+        update = dpfedavg.noised(clipped, client, float(config[NOISE]), "distributed", int(config["seed"]),
+                                 int(config["round"]))
+        weight = 1
     # Flower's stochastic rounding draws from numpy's global generator: seeded per run, round and
     # client, the same seed gives the same model
     key = f"{config['seed']}|{config['round']}|{metrics['partition-id']}".encode()
     np.random.seed(int.from_bytes(hashlib.sha256(key).digest()[:4], "little"))
-    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), int(metrics["num-examples"]), metrics)
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([update[n][0].numpy() for n in names]), weight, metrics)
     reply.content = compat.fitres_to_recorddict(fitres, keep_input=False)
     return reply

@@ -21,7 +21,7 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.serverapp import Grid
 
 from fedbridge import rounds
-from fedbridge.engines.flower.secagg import MODULUS, NAMES, SecAgg
+from fedbridge.engines.flower.secagg import CLIP, MODULUS, NAMES, NOISE, SecAgg
 from fedbridge.engines.flower.transport import POLL_SECONDS, Nodes
 from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.local import GradientAdjust
@@ -79,10 +79,13 @@ class Polled:
 
 
 def secure_transport(plain: rounds.Transport, nodes: Nodes, examples: dict[int, int], config: ConfigRecord,
-                     secagg: SecAgg, on_node: bool = False, grid=None) -> rounds.Transport:
-    """`plain`'s evaluation, with training through SecAgg+; `grid`: what the workflow sends through
-    (Polled(nodes.grid) unless given)."""
-    largest = float(max(examples.values()))  # weights up to 1: the finest quantization of each update
+                     secagg: SecAgg, on_node: bool = False, noise: tuple[float, float] | None = None) -> rounds.Transport:
+    """`plain`'s evaluation, with training through SecAgg+ (`on_node`: the strategy's local step runs
+    on the nodes, as in transport.flower_transport; `noise`: distributed DP-FedAvg's clip and each
+    node's noise std, secagg.distributed_noise, applied by the nodes, each of weight 1)."""
+    # weights up to 1 (the largest client's, or DP's equal ones): the finest quantization of each update
+    largest = 1.0 if noise else float(max(examples.values()))
+    dp = {CLIP: noise[0], NOISE: noise[1]} if noise else {}
 
     def local(round_: int, ids: torch.Tensor, stream: int) -> LocalTrain:
         def train(start: Params, adjust: GradientAdjust | None = None, epochs: int | None = None,
@@ -97,7 +100,7 @@ def secure_transport(plain: rounds.Transport, nodes: Nodes, examples: dict[int, 
     def _round(round_: int, clients: list[int], start: Params) -> ClientUpdates:
         began = time.monotonic()
         names = list(start)
-        round_config = {**config, "round": round_, NAMES: json.dumps(names)}
+        round_config = {**config, "round": round_, NAMES: json.dumps(names), **dp}
         strategy = _Round([
             (_Proxy(nodes.node_of[c]), FitIns(ndarrays_to_parameters([start[n][k].numpy() for n in names]), round_config))
             for k, c in enumerate(clients)
@@ -107,7 +110,7 @@ def secure_transport(plain: rounds.Transport, nodes: Nodes, examples: dict[int, 
         workflow = SecAggPlusWorkflow(secagg.shares, secagg.threshold, max_weight=largest, clipping_range=secagg.clip,
                                       quantization_range=secagg.quantization, modulus_range=MODULUS,
                                       timeout=nodes.timeout)
-        workflow(grid or Polled(nodes.grid), context)
+        workflow(Polled(nodes.grid), context)
         if strategy.mean is None:
             raise FedbridgeError(
                 f"round {round_}, train: the secure aggregation of {len(clients)} nodes halted, as some node had fewer "
@@ -133,7 +136,7 @@ def secure_transport(plain: rounds.Transport, nodes: Nodes, examples: dict[int, 
         params = {n: (start[n][0] + torch.from_numpy(m).to(start[n].dtype)).expand(k, *start[n].shape[1:]).clone()
                   for n, m in zip(names, mean)}
         return ClientUpdates(
-            torch.tensor(answered), torch.tensor([float(examples[c]) for c in answered]), params,
+            torch.tensor(answered), torch.tensor([1.0 if noise else float(examples[c]) for c in answered]), params,
             torch.tensor([float(metrics[c]["steps"]) for c in answered]),
             torch.tensor([float(metrics[c]["loss"]) for c in answered]),
         )

@@ -13,7 +13,7 @@ bad client must not spoil the global model.
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 
@@ -203,9 +203,10 @@ def run(grid: Grid, exp: Experiment, seed: int, settings: Settings, left_out: li
 
     transport = flower_transport(nodes, connected.examples, {n: tuple(p.shape[1:]) for n, p in initial.items()}, config,
                                  schedule, settings.train_ahead and settings.secagg is None, registry.spec(exp.strategy).on_node)
-    if settings.secagg is not None:
+    if settings.secagg is not None:  # distributed DP-FedAvg then runs on the nodes, not around the strategy
         transport = secure_transport(transport, nodes, connected.examples, config, settings.secagg,
-                                     registry.spec(exp.strategy).on_node)
+                                     registry.spec(exp.strategy).on_node, secagg.distributed_noise(exp, schedule))
+        schedule = replace(schedule, wrap=lambda strategy: strategy)
     resume = channel.read_resume(settings.resume) if settings.resume else None
     rounds.train(registry.build(exp.strategy, exp.setup), transport, initial, schedule, on_round, resume)
 
