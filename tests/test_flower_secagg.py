@@ -232,3 +232,9 @@ def test_the_cli_refuses_before_anything_starts(config, tmp_path):
     assert result.exit_code == 2
     assert "needs each client's update" in result.output
     assert not out.exists()
+
+
+def test_a_secagg_key_without_secagg_is_refused(config, tmp_path):
+    result = invoke("deploy", str(config), "--secagg-threshold", "3", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2 and "--secagg-threshold sets up secure aggregation; add --secagg" in result.output
+    assert not (tmp_path / "run").exists()

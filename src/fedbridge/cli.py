@@ -148,17 +148,17 @@ def run(
 @click.option("--partition-id", type=click.IntRange(min=0), help="With --serve-supernode: which client this node is (0 = client 1).")
 @click.option("--data-folder", type=click.Path(path_type=Path), help="With --serve-supernode: this node's own data (IDX folder, or [data]'s file or folder).")
 @click.option("--secagg", is_flag=True, help="Secure aggregation (SecAgg+): the server sees only the sum of the clients' updates.")
-@click.option("--secagg-shares", type=int, default=3, show_default=True, help="With --secagg: shares of each node's secrets (itself and its neighbours).")
-@click.option("--secagg-threshold", type=int, default=2, show_default=True, help="With --secagg: shares that rebuild a node's secrets (a dropped node's masks).")
-@click.option("--secagg-clip", type=float, default=8.0, show_default=True, help="With --secagg: update entries are clipped to [-clip, clip] before quantization.")
-@click.option("--secagg-quantization", type=int, default=2**22, show_default=True, help="With --secagg: integer levels over [-clip, clip].")
+@click.option("--secagg-shares", type=int, help="With --secagg: shares of each node's secrets (itself and its neighbours; default 3).")
+@click.option("--secagg-threshold", type=int, help="With --secagg: shares that rebuild a node's secrets, a dropped node's masks (default 2).")
+@click.option("--secagg-clip", type=float, help="With --secagg: update entries are clipped to [-clip, clip] before quantization (default 8.0).")
+@click.option("--secagg-quantization", type=int, help="With --secagg: integer levels over [-clip, clip] (default 2^22).")
 @friendly
 def deploy(
     config: Path | None, nodes: int | None, tls: bool, overrides: tuple[str, ...], seeds: int | None, out: Path | None,
     data_dir: Path | None, round_timeout: float, min_nodes: int, connect_timeout: float, resume: Path | None,
     superlink: str | None, certificates: Path | None, serve_superlink: str | None, serve_supernode: str | None,
-    partition_id: int | None, data_folder: Path | None, secagg: bool = False, secagg_shares: int = 3,
-    secagg_threshold: int = 2, secagg_clip: float = 8.0, secagg_quantization: int = 2**22,
+    partition_id: int | None, data_folder: Path | None, secagg: bool = False, secagg_shares: int | None = None,
+    secagg_threshold: int | None = None, secagg_clip: float | None = None, secagg_quantization: int | None = None,
 ) -> None:
     """Run the study in CONFIG on Flower: a SuperLink and a SuperNode per client on this machine
     (or, with --superlink, on other machines; --serve-superlink and --serve-supernode start those)."""
@@ -191,7 +191,11 @@ def deploy(
         exp, out = _experiment(config, overrides, seeds, out, "-deploy")
     faults = Faults(round_timeout=round_timeout, min_nodes=min_nodes, connect_timeout=connect_timeout)
     from fedbridge.engines.flower.secagg import SecAgg
-    secure = SecAgg(secagg_shares, secagg_threshold, secagg_clip, secagg_quantization) if secagg else None
+    keys = {k: v for k, v in {"shares": secagg_shares, "threshold": secagg_threshold, "clip": secagg_clip,
+                              "quantization": secagg_quantization}.items() if v is not None}
+    if keys and not secagg:
+        raise ConfigError(f"--secagg-{next(iter(keys))} sets up secure aggregation; add --secagg")
+    secure = SecAgg(**keys) if secagg else None
     try:
         summary = deploy_study(exp, out, data_dir, stderr, nodes or exp.n_clients, tls, faults, resume is not None,
                                superlink, certificates, secure)
