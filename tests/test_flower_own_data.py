@@ -9,11 +9,14 @@ from sklearn.datasets import load_breast_cancer
 pytest.importorskip("flwr")
 
 from fedbridge.deploy import Faults, flower_train  # noqa: E402
-from fedbridge.engines.flower import client_app  # noqa: E402
+from fedbridge.engines.flower import client_app, server_app  # noqa: E402
+from fedbridge.engines.flower.server_app import Settings  # noqa: E402
 from fedbridge.engines.flower.processes import cluster  # noqa: E402
-from fedbridge.errors import ConfigError  # noqa: E402
+from fedbridge.errors import ConfigError, FedbridgeError  # noqa: E402
 from fedbridge.experiment import load_experiment  # noqa: E402
 from fedbridge.federation import build_federation, load_data  # noqa: E402
+
+from test_flower_secagg import NodesGrid, task_identity  # noqa: E402, F401 (a fixture)
 
 FACTORY = """
 import torch
@@ -82,6 +85,22 @@ def test_a_node_that_cannot_import_the_model_says_so_naming_the_module_and_the_f
     with pytest.raises(ConfigError, match=f"cannot import module '{module}'.*install its module there, or start the "
                                           "SuperNode with it on PYTHONPATH"):
         client_app.node_experiment(text)
+
+
+def test_the_server_refuses_nodes_whose_classes_differ(hospitals, tmp_path, task_identity):
+    """Classes are numbered in the sorted order of each node's labels: "0"/"1" on one node and
+    "benign"/"malignant" on the other would silently mean other things."""
+    config, paths, _ = hospitals
+    named = tmp_path / "named.csv"
+    table = load_breast_cancer(as_frame=True).frame.iloc[285:]
+    table.assign(target=table["target"].map({0: "malignant", 1: "benign"})).to_csv(named, index=False)
+    exp, _ = load_experiment(config, [])
+    grid = NodesGrid(configs=[{"partition-id": 0, "data-path": str(paths[0])}, {"partition-id": 1, "data-path": str(named)}])
+    (tmp_path / "out").mkdir()
+    settings = Settings(config, [], 0, tmp_path / "out", round_timeout=5.0, min_nodes=1, connect_timeout=5.0)
+    with pytest.raises(FedbridgeError, match=r"differ in input shape or classes \(input \(30,\), 2 classes \(0, 1\); "
+                                             r"input \(30,\), 2 classes \(benign, malignant\)\)"):
+        server_app.run(grid, exp, 0, settings, [])
 
 
 def test_a_node_refuses_its_own_data_for_a_bundled_table(hospitals):

@@ -63,12 +63,13 @@ def task_identity(monkeypatch):
 
 
 class NodesGrid:
-    """Three nodes running fedbridge's ClientApp in process; every reply the server gets is kept in
+    """Three nodes (or one per node config) running fedbridge's ClientApp in process; every reply the server gets is kept in
     `received`. `silent(node, message)` says whether a node drops a message (it crashed)."""
 
-    def __init__(self, silent=lambda node, message: False):
-        self.nodes = [101, 102, 103]
-        self.contexts = {n: Context(1, n, {"partition-id": i}, RecordDict(), {}) for i, n in enumerate(self.nodes)}
+    def __init__(self, silent=lambda node, message: False, configs=None):
+        configs = configs or [{"partition-id": i} for i in range(3)]  # each node's node config
+        self.nodes = [101 + i for i in range(len(configs))]
+        self.contexts = {n: Context(1, n, c, RecordDict(), {}) for n, c in zip(self.nodes, configs)}
         self.replies, self.received, self.silent = {}, [], silent
 
     def get_node_ids(self):

@@ -91,7 +91,7 @@ def build_own(exp: Experiment, seed: int, client: int, data_dir: str | None, dat
         full.dataset, full.source, full.num_classes, full.train_images[mine.train_rows],
         full.train_labels[mine.train_rows],
         [Client(client, mine.profile, torch.arange(len(mine.train_rows)), mine.test_images, mine.test_labels)],
-        full.clean_test_images, full.clean_test_labels,
+        full.clean_test_images, full.clean_test_labels, full.class_names,
     )
 
 
@@ -117,7 +117,8 @@ def node_data(experiment: str, seed: int, client: int, data_dir: str | None, dat
                      saved["test_labels"])
         _ready.clear()
         _ready[path] = Federation(saved["dataset"], saved["source"], saved["num_classes"], saved["train_images"],
-                                  saved["train_labels"], [own], saved["clean_test_images"], saved["clean_test_labels"])
+                                  saved["train_labels"], [own], saved["clean_test_images"], saved["clean_test_labels"],
+                                  tuple(saved.get("class_names", ())))  # not in caches of older versions
         return _ready[path]
     own = build_own(Experiment.model_validate_json(experiment), seed, client, data_dir, data_folder)
     mine = own.clients[0]
@@ -126,6 +127,7 @@ def node_data(experiment: str, seed: int, client: int, data_dir: str | None, dat
         "train_images": own.train_images, "train_labels": own.train_labels,
         "profile": mine.profile, "test_images": mine.test_images, "test_labels": mine.test_labels,
         "clean_test_images": own.clean_test_images, "clean_test_labels": own.clean_test_labels,
+        "class_names": list(own.class_names),
     }
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: torch.save(saved, tmp))
@@ -169,6 +171,8 @@ def describe(message: Message, context: Context) -> Message:
     info = ConfigRecord({
         "partition-id": client.index, "num-examples": len(client.train_rows),
         "input-shape": list(federation.input_shape), "num-classes": federation.num_classes,
+        # nodes with their own data number their classes in the sorted order of their own labels
+        "class-names": "\n".join(federation.class_names),
     })
     return Message(RecordDict({"info": info}), reply_to=message)
 

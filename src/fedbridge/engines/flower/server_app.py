@@ -153,14 +153,16 @@ def connect(grid: Grid, exp: Experiment, config: ConfigRecord, settings: Setting
             raise FedbridgeError(f"two SuperNodes ({node_of[client]} and {node}) say they are partition-id={client}; "
                                  "give each node its own partition-id")
         node_of[client] = node
-        kinds.add((shape, classes))
+        kinds.add((shape, classes, str(reply.content.config_records["info"].get("class-names", ""))))
     if missing := sorted(set(range(n)) - set(node_of)):
         raise FedbridgeError(f"no SuperNode is partition-id {', '.join(map(str, missing))}; "
                              f"start one per client with partition-id 0..{n - 1}")
     if len(kinds) > 1:
-        raise FedbridgeError(f"the SuperNodes' data differ in input shape or classes ({sorted(kinds)}); "
+        said = "; ".join(f"input {shape}, {classes} classes" + (f" ({names.replace(chr(10), ', ')})" if names else "")
+                         for shape, classes, names in sorted(kinds))
+        raise FedbridgeError(f"the SuperNodes' data differ in input shape or classes ({said}); "
                              "all clients must hold data of one kind")
-    (shape, classes), = kinds
+    (shape, classes, _), = kinds
     nodes = Nodes(grid, node_of, settings.round_timeout, settings.min_nodes, left_out, describe=config, examples=examples)
     return nodes, Connected(shape, classes, examples)
 
