@@ -8,6 +8,8 @@ from sklearn.datasets import load_breast_cancer
 
 pytest.importorskip("flwr")
 
+from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
+
 from fedbridge.deploy import Faults, flower_train  # noqa: E402
 from fedbridge.engines.flower import client_app, server_app  # noqa: E402
 from fedbridge.engines.flower.server_app import Settings  # noqa: E402
@@ -16,7 +18,7 @@ from fedbridge.errors import ConfigError, FedbridgeError  # noqa: E402
 from fedbridge.experiment import load_experiment  # noqa: E402
 from fedbridge.federation import build_federation, load_data  # noqa: E402
 
-from test_flower_secagg import NodesGrid, task_identity  # noqa: E402, F401 (a fixture)
+from test_flower_secagg import NodesGrid  # noqa: E402
 
 FACTORY = """
 import torch
@@ -45,6 +47,13 @@ local_epochs = 2
 batch_size = 16
 lr = 0.05
 """
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Flower's Message wants to know which run it belongs to, as inside a real ServerApp."""
+    for key in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, key, 1)
 
 
 @pytest.fixture
