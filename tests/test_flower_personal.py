@@ -5,6 +5,7 @@ same strategies on a real cluster: test_flower_strategies.py). 2 unequal MNIST c
 plain SGD; deployment and simulation must give the same global weights and the same per-client
 accuracies (1e-5)."""
 
+import shutil
 from uuid import uuid4
 
 import pytest
@@ -18,7 +19,7 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from fedbridge.data.datasets import load_dataset  # noqa: E402
 from fedbridge.engines import simulation  # noqa: E402
-from fedbridge.engines.flower import channel, client_app, server_app  # noqa: E402
+from fedbridge.engines.flower import channel, client_app, node_state, server_app  # noqa: E402
 from fedbridge.engines.flower.server_app import Settings  # noqa: E402
 from fedbridge.errors import ConfigError  # noqa: E402
 from fedbridge.experiment import load_experiment  # noqa: E402
@@ -133,3 +134,39 @@ def test_client_level_privacy_with_parameters_kept_on_nodes_is_refused():
                                                        'privacy={level = "client", noise_multiplier = 1.0, clip = 0.1}'])
     with pytest.raises(ConfigError, match="keeps part of the model on each node"):
         server_app.deployable(exp)
+
+
+def test_resume_continues_each_nodes_state_and_a_lost_one_starts_again(tmp_path, mnist_dir, run_identity, monkeypatch,
+                                                                       caplog):
+    """Ditto, 3 rounds: a run resumed after round 2 on a new Flower run (the nodes drop the round 3
+    they had trained for the abandoned one) ends as the uninterrupted run; a node whose state is
+    wiped before round 2 starts its personal model again, and the server says so."""
+    overrides = ['strategy={name="ditto", lam=0.5}', "train.rounds=3"]
+    _, whole = deploy_here(NodesHere(mnist_dir), overrides, tmp_path / "whole")
+    monkeypatch.setattr(TaskIdentity, "_run_id", 2)
+    _, abandoned = deploy_here(NodesHere(mnist_dir), overrides, tmp_path / "abandoned")
+    (tmp_path / "resumed").mkdir()
+    channel.write_resume(tmp_path / "resumed", 2, abandoned[1].state)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 3)
+    _, resumed = deploy_here(NodesHere(mnist_dir), overrides, tmp_path / "resumed", tmp_path / "resumed" / channel.RESUME)
+    assert [r.number for r in resumed] == [3]
+    assert max_difference(resumed[0].state.params, whole[-1].state.params) <= 1e-5
+    assert accuracies(resumed[0].records) == pytest.approx(accuracies(whole[-1].records), abs=1e-5)
+
+    wiping = NodesHere(mnist_dir)
+    answer = wiping.push_messages
+
+    def wipe_client_1_before_round_2(messages):
+        for m in messages:
+            config = m.content.config_records.get("config", {})
+            if m.metadata.message_type == "train" and config.get("round") == 2 and m.metadata.dst_node_id == 100:
+                shutil.rmtree(node_state.store(config["experiment"], int(config["seed"]), 0).folder)
+        return answer(messages)
+
+    wiping.push_messages = wipe_client_1_before_round_2
+    monkeypatch.setattr(TaskIdentity, "_run_id", 4)
+    _, lost = deploy_here(wiping, overrides, tmp_path / "lost")
+    assert [r.number for r in lost] == [1, 2, 3]
+    assert "client 1's node has lost its state after round 1 and continues from round 0's" in caplog.text
+    own = {k: v for k, v in accuracies(lost[-1].records).items() if k[1] == 1 and k[2] == "own"}
+    assert own != {k: v for k, v in accuracies(whole[-1].records).items() if k[1] == 1 and k[2] == "own"}
