@@ -170,3 +170,36 @@ def test_resume_continues_each_nodes_state_and_a_lost_one_starts_again(tmp_path,
     assert "client 1's node has lost its state after round 1 and continues from round 0's" in caplog.text
     own = {k: v for k, v in accuracies(lost[-1].records).items() if k[1] == 1 and k[2] == "own"}
     assert own != {k: v for k, v in accuracies(whole[-1].records).items() if k[1] == 1 and k[2] == "own"}
+
+
+@pytest.mark.parametrize("strategy", ['{name="fedrep"}', '{name="ditto"}'])
+def test_a_node_silent_in_a_round_is_left_out_and_its_state_waits(tmp_path, mnist_dir, run_identity, strategy):
+    """Client 2's node does not answer round 2's training: the round goes on with client 1 (FedRep's
+    head phase and Ditto's personal model read the answers of the one message), and client 2 is
+    scored with the state it had after round 1."""
+    grid = NodesHere(mnist_dir)
+    answer = grid.push_messages
+
+    def silent_in_round_2(messages):
+        for m in messages:
+            config = m.content.config_records.get("config", {})
+            if m.metadata.message_type == "train" and config.get("round") == 2 and m.metadata.dst_node_id == 101:
+                grid.down.add(101)
+        try:
+            return answer(messages)
+        finally:
+            grid.down.discard(101)
+
+    grid.push_messages = silent_in_round_2
+    exp, _ = load_experiment(CONFIGS / "seed.toml", [*SMALL, f"strategy={strategy}"])
+    out = tmp_path / "out"
+    out.mkdir()
+    left_out = []
+    server_app.run(grid, exp, exp.seed, Settings(CONFIGS / "seed.toml", [*SMALL, f"strategy={strategy}"], exp.seed, out,
+                                                 round_timeout=1.0, min_nodes=1, connect_timeout=5.0), left_out)
+    assert [(x["round"], x["step"], x["client"]) for x in left_out] == [(2, "train", 2)]
+    rounds = channel.read_rounds(out, 0)
+    before, after = accuracies(rounds[0].records, True), accuracies(rounds[1].records, True)
+    assert (2, 2, "own") in after
+    if exp.strategy.name == "ditto":  # client 2 is scored with its personal model, untrained since round 1
+        assert after[(2, 2, "own")] == before[(1, 2, "own")]
