@@ -7,6 +7,11 @@ clients would start from the evaluated model (a global model, as FedAvg's): the 
 model, trains from it, and answers both. Round r+1 uses that training only if its start is
 exactly the evaluated model and its step plain; otherwise it is sent again, and the transport
 stops training ahead for the rest of the run. One message a round instead of two.
+
+A strategy whose clients keep state on their nodes (personal.py) gets one train message per node
+a round, carrying the server's state rather than a start model, and every node evaluates with its
+own state; it does not train ahead yet (a round trained ahead would have to be checked against
+the whole state it started from, not only the model).
 """
 
 import time
