@@ -136,6 +136,7 @@ def test_client_level_privacy_with_parameters_kept_on_nodes_is_refused():
         server_app.deployable(exp)
 
 
+@pytest.mark.slow  # four deployments of 3 rounds
 def test_resume_continues_each_nodes_state_and_a_lost_one_starts_again(tmp_path, mnist_dir, run_identity, monkeypatch,
                                                                        caplog):
     """Ditto, 3 rounds: a run resumed after round 2 on a new Flower run (the nodes drop the round 3

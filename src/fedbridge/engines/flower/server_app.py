@@ -212,7 +212,7 @@ def run(grid: Grid, exp: Experiment, seed: int, settings: Settings, left_out: li
         if personal.stateful(exp.strategy) else None
     strategy = rounds.strategy(method, exp, model, schedule, personal.seam(on_nodes.seen) if on_nodes else None)
     transport = flower_transport(nodes, connected.examples, {n: tuple(p.shape[1:]) for n, p in initial.items()}, config,
-                                 schedule, settings.train_ahead, registry.spec(exp.strategy).on_node, on_nodes)
+                                 schedule, settings.train_ahead, spec.on_node, on_nodes)
     rounds.train(strategy, transport, initial, schedule, on_round, resume)
 
 
