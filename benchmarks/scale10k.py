@@ -143,9 +143,9 @@ def main() -> None:
             marks.append((time.perf_counter(), time.process_time()))
 
         with client_state.files_in(run / client_state.FOLDER):
-            strategy = simulation.strategy_for(method, exp, model)
-            rounds.train(strategy, transport, rounds.initial_model(model, exp.seed),
-                         rounds.schedule(method, exp, exp.seed, [c.profile for c in federation.clients]), on_round)
+            schedule = rounds.schedule(method, exp, exp.seed, [c.profile for c in federation.clients])
+            strategy = rounds.strategy(method, exp, model, schedule)
+            rounds.train(strategy, transport, rounds.initial_model(model, exp.seed), schedule, on_round)
         # blocks, not sizes: the files are sparse, and hold only the clients written
         on_disk = sum(f.stat().st_blocks * 512 for f in (run / client_state.FOLDER).rglob("*") if f.is_file())
     # wall time, and the process's CPU time (all its threads): on a machine busy with other work the

@@ -160,8 +160,8 @@ def test_flwr_run_on_flowers_simulation_runtime(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--nodes", "3"], "use --nodes 2"),
-    (["--set", "strategy.name=scaffold", "--set", "train.optimizer=\"sgd\""], "'scaffold' needs client-side steps"),
-    (["--set", "strategy.name=fedper"], "'fedper' needs client-side steps or per-client models"),
+    (["--set", "strategy.name=fednoro"], "'fednoro' runs on the simulation engine only"),
+    (["--set", "strategy={name=\"fedavg\", noise_screen=\"fedns\"}"], "do not report FedNS's score"),
     (["--round-timeout", "nan"], "--round-timeout nan must be a finite number of seconds >= 1"),
     (["--round-timeout", "inf"], "--round-timeout inf must be a finite number of seconds >= 1"),
     (["--min-nodes", "3"], "--min-nodes 3 is more than the 2 nodes; use at most --min-nodes 2"),

@@ -15,11 +15,13 @@ from fedbridge import losses
 from fedbridge.client_state import Models
 from fedbridge.experiment import Experiment, Method, Role, clients_per_round
 from fedbridge.local import DpSgd, Recipe, client_generator, resolve_device
-from fedbridge.models import init_params
+from fedbridge.models import init_params, norm_state
 from fedbridge.optim import Params
 from fedbridge.privacy import budget, dpfedavg
 from fedbridge.schema import Diagnostic, Record
+from fedbridge.strategies import registry
 from fedbridge.strategies.api import Diagnostics, LocalTrain, ServerState, Strategy
+from fedbridge.strategies.local_only import LOCAL_ONLY
 
 # independent random streams derived from the seed (federation.py has the data's)
 STREAM_INIT, STREAM_SAMPLE, STREAM_BATCHES, STREAM_FINETUNE, STREAM_EVAL = 10, 11, 12, 13, 14
@@ -54,7 +56,7 @@ class Schedule:
     evaluated: str | int = "all"  # eval.clients: "all", "sampled", or a seeded subset of that many
     # a private method's plan ([privacy]): its σ and each client's ε after a round, put in its records
     privacy: budget.Plan | None = None
-    # the strategy as it runs: client-level DP-FedAvg wraps it
+    # client-level DP-FedAvg around the strategy (registry.build applies it, outermost)
     wrap: Callable[[Strategy], Strategy] = lambda strategy: strategy
 
 
@@ -84,6 +86,15 @@ def schedule(method: Method, exp: Experiment, seed: int, profiles: list[str], si
     m = clients_per_round(exp.n_clients, fraction)
     plan = budget.client_plan(p, exp.n_clients, m, t.rounds)
     return replace(s, privacy=plan, wrap=lambda strategy: dpfedavg.wrap(strategy, p, plan.sigma, m, seed))
+
+
+def strategy(method: Method, exp: Experiment, model: torch.nn.Module, s: Schedule,
+             deployed: registry.Wrap | None = None) -> Strategy:
+    """The strategy `method` runs as, on either engine: registry.build's wrappers in their one order,
+    client-level DP-FedAvg (`s.wrap`) outermost; `deployed` is the Flower nodes' seam."""
+    if method.role is Role.LOCAL:
+        return s.wrap(LOCAL_ONLY)
+    return registry.build(method.strategy, exp.setup, norm_state(model), deployed, s.wrap)
 
 
 def sample_clients(n_clients: int, fraction: float, seed: int, round_: int) -> torch.Tensor:
@@ -141,13 +152,13 @@ def metric_records(s: Schedule, round_: int, scores: list[Score]) -> list[Record
 def train(strategy: Strategy, transport: Transport, initial: Params, s: Schedule,
           on_round: OnRound = lambda r, records, diagnostics, state: None,
           resume: tuple[int, ServerState] | None = None) -> Models:
-    """Run the rounds and return the models every client was last evaluated with: the server's, a
-    store of the clients' own, or e.g. with fine-tuning, every client's fine-tuned copy [n, ...].
+    """Run the rounds of `strategy` (as rounds.strategy builds it, its wrappers on) and return the
+    models every client was last evaluated with: the server's, a store of the clients' own, or
+    e.g. with fine-tuning, every client's fine-tuned copy [n, ...].
 
     `resume=(r, state)` continues after round r from that state. Every random choice of round r+1
     onwards derives from (seed, round, client), so a resumed run equals an uninterrupted one.
     """
-    strategy = s.wrap(strategy)
     done, state = resume or (0, strategy.init(initial, transport.n_clients))
     n = transport.n_clients
     everyone = torch.arange(n)

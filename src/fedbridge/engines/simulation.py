@@ -17,25 +17,14 @@ from fedbridge.client_state import Models, every_row
 from fedbridge.experiment import Experiment, Method, Role
 from fedbridge.federation import Federation
 from fedbridge.local import GradientAdjust, Recipe, client_generator, evaluate, local_update, scoring
-from fedbridge.models import build_model, norm_state
+from fedbridge.models import build_model
 from fedbridge.optim import Params
-from fedbridge.strategies import registry
-from fedbridge.strategies.api import ClientUpdates, LocalTrain, ServerState, Strategy
-from fedbridge.strategies.keep_local import keep_local
-from fedbridge.strategies.local_only import LOCAL_ONLY
+from fedbridge.strategies.api import ClientUpdates, LocalTrain, ServerState
 from fedbridge.strategies.noise_screen import SCORE
 
 # clients' models scored at once (each on its own test data, then on the clean test set's chunks of
 # local.evaluate), and test images one model scores at once
 EVAL_MODELS, EVAL_IMAGES = 64, 2000
-
-
-def strategy_for(method: Method, exp: Experiment, model: torch.nn.Module) -> Strategy:
-    if method.role is Role.LOCAL:
-        return LOCAL_ONLY
-    strategy = registry.build(method.strategy, exp.setup)
-    # "bn" is the only kind keep_local takes so far: every normalisation layer
-    return keep_local(strategy, norm_state(model)) if registry.kept_local(method.strategy) else strategy
 
 
 def participants(method: Method, federation: Federation) -> list[torch.Tensor]:
@@ -173,5 +162,6 @@ def train(method: Method, federation: Federation, exp: Experiment, seed: int,
     how = rounds.recipe(exp, private=exp.private(method))
     schedule = rounds.schedule(method, exp, seed, profiles, sizes=[len(r) for r in rows])
     # a store's rows taken whole: the study saves every client's model
-    return every_row(rounds.train(strategy_for(method, exp, model), transport(model, federation, rows, how, seed),
+    strategy = rounds.strategy(method, exp, model, schedule)
+    return every_row(rounds.train(strategy, transport(model, federation, rows, how, seed),
                                   rounds.initial_model(model, seed), schedule, on_round, resume))

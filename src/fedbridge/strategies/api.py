@@ -94,6 +94,11 @@ class Strategy:
     evaluate_with: Callable[[ServerState, torch.Tensor, LocalTrain], Params] = lambda state, ids, train: state.params
 
 
+def shares_everything(params: Params) -> set[str]:
+    """StrategySpec.personal of most strategies: no parameter stays with its client."""
+    return set()
+
+
 @dataclass(frozen=True)
 class Setup:
     """What a strategy may need to know of the experiment: to build itself, and to say whether it fits."""
@@ -121,11 +126,14 @@ class StrategySpec:
     titles: dict[str, str]  # config name -> title in tables and reports
     # why the strategy cannot run in this setup (a message naming the keys to change), or None
     check: Callable[[Any, Setup], str | None] = lambda config, setup: None
-    # whether the Flower deployment runs it: its clients only train from the server's model
+    # whether the Flower deployment runs it
     flower: bool = True
     # its `local` step (e.g. FedProx's proximal term) runs on each Flower node, which gets the
-    # strategy's config and calls `local` on a state holding only the received model
+    # strategy's config and calls `local` on a state holding the received model (and, for a
+    # strategy that keeps per-client state, the node's own: engines/flower/personal.py)
     on_node: bool = False
+    # the model's parameters [names] each client keeps to itself (FedPer's head): on Flower they never leave its node
+    personal: Callable[[Params], set[str]] = shares_everything
     # a row per client in a client_state store (control variates, personal models, heads), and
     # clients scored, and saved, with one model each: what bounds.py counts in memory
     keeps_per_client: bool = False

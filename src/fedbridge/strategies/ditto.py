@@ -46,5 +46,5 @@ def build(config: Config, setup: Setup) -> Strategy:
     return ditto(config.lam)
 
 
-SPEC = StrategySpec(Config, build, {"ditto": "Ditto"}, flower=False,
+SPEC = StrategySpec(Config, build, {"ditto": "Ditto"}, on_node=True,
                     keeps_per_client=True, scores_per_client=True)

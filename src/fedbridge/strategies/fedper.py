@@ -63,5 +63,5 @@ def build(config: Config, setup: Setup) -> Strategy:
     return FEDPER
 
 
-SPEC = StrategySpec(Config, build, {"fedper": "FedPer"}, flower=False,
+SPEC = StrategySpec(Config, build, {"fedper": "FedPer"}, on_node=True, personal=head_names,
                     keeps_per_client=True, scores_per_client=True)

@@ -32,5 +32,5 @@ def build(config: Config, setup: Setup) -> Strategy:
     return fedrep(config.head_epochs)
 
 
-SPEC = StrategySpec(Config, build, {"fedrep": "FedRep"}, flower=False,
+SPEC = StrategySpec(Config, build, {"fedrep": "FedRep"}, on_node=True, personal=head_names,
                     keeps_per_client=True, scores_per_client=True)

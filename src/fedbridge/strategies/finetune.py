@@ -29,4 +29,4 @@ def build(config: Config, setup: Setup) -> Strategy:
     return finetune(config.epochs)
 
 
-SPEC = StrategySpec(Config, build, {"finetune": "FedAvg + fine-tuning"}, flower=False, scores_per_client=True)
+SPEC = StrategySpec(Config, build, {"finetune": "FedAvg + fine-tuning"}, on_node=True, scores_per_client=True)

@@ -55,6 +55,8 @@ def keep_local(strategy: Strategy, names: set[str]) -> Strategy:
 
     def evaluate_with(state: ServerState, ids: torch.Tensor, train: LocalTrain) -> Params:
         params = strategy.evaluate_with(_inner(state), ids, trains_own(state, ids, train))
+        if not isinstance(params, dict):  # a store of the clients' own models or heads (FedPer's): the rows of `ids`
+            params = params.take(ids)
         # one model for all, or one per client of `ids` (every client, as the round loop asks)
         return _own(state, ids, {n: p.expand(len(ids), *p.shape[1:]) if len(p) == 1 else p for n, p in params.items()})
 

@@ -3,6 +3,7 @@
 Adding a strategy: write its module (a `Config`, a `build`, a `SPEC`) and add it to SPECS.
 """
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, TypeAdapter, create_model
@@ -12,7 +13,9 @@ from fedbridge.strategies import (
     adaptive, afl, bulyan, clipping, custom, ditto, eagle, fedavg, fedavgm, fednoro, fednova, fedper, fedprox, fedrep,
     finetune, krum, median, noise_screen, qfedavg, quality, scaffold, trimmed_mean,
 )
-from fedbridge.strategies.api import Setup, Strategy, StrategySpec
+from fedbridge.optim import Params
+from fedbridge.strategies.api import Setup, Strategy, StrategySpec, shares_everything
+from fedbridge.strategies.keep_local import keep_local
 
 SPECS: tuple[StrategySpec, ...] = (
     fedavg.SPEC, fedavgm.SPEC, adaptive.SPEC, fedprox.SPEC, scaffold.SPEC, fednova.SPEC, median.SPEC,
@@ -48,8 +51,43 @@ def spec(config: Any) -> StrategySpec:
     return noise_screen.screened_spec(found) if getattr(config, "noise_screen", None) else found
 
 
-def build(config: Any, setup: Setup) -> Strategy:
-    return spec(config).build(config, setup)
+Wrap = Callable[[Strategy], Strategy]
+
+
+def build(config: Any, setup: Setup, norm: set[str] | None = None, deployed: Wrap | None = None,
+          private: Wrap | None = None) -> Strategy:
+    """The strategy as it runs, built in the one place every engine builds it, its wrappers applied
+    in this order (innermost first), so each sees what the ones inside it do:
+    1. the strategy's own `build`;
+    2. FedNS (`strategy.noise_screen`): it reweights the strategy's own aggregation;
+    3. FedBN (`strategy.keep_local`): the model's normalisation entries `norm` (models.norm_state)
+       stay with each client around everything inside, so neither the screen nor the strategy
+       sees them move;
+    4. `deployed`: on Flower, the seam where the SuperNodes take over each client's steps
+       (engines/flower/personal.py), so everything inside runs on the nodes as in the simulation;
+    5. `private`: client-level DP-FedAvg (rounds.schedule), outermost, as it clips and noises the
+       update a client releases after everything the client does."""
+    strategy = _BY_NAME[config.name].build(config, setup)
+    if getattr(config, "noise_screen", None):
+        strategy = noise_screen.screened(strategy, config.noise_screen)
+    if kept_local(config):
+        if norm is None:
+            raise TypeError(f"strategy.keep_local = {kept_local(config)} needs the model's normalisation entries (norm)")
+        strategy = keep_local(strategy, norm)
+    if deployed is not None:
+        strategy = deployed(strategy)
+    return private(strategy) if private is not None else strategy
+
+
+def personal(config: Any, params: Params, norm: set[str]) -> set[str]:
+    """The model's parameters each client keeps to itself (FedPer's head, FedBN's normalisation
+    layers): deployed, they never leave its node."""
+    return _BY_NAME[config.name].personal(params) | (set(norm) if kept_local(config) else set())
+
+
+def keeps_parameters(config: Any) -> bool:
+    """Whether `personal` names any parameter, whatever the model."""
+    return _BY_NAME[config.name].personal is not shares_everything or bool(kept_local(config))
 
 
 def kept_local(config: Any) -> list[str]:

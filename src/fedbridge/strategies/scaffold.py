@@ -63,5 +63,5 @@ def build(config: Config, setup: Setup) -> Strategy:
     return scaffold(setup.lr, config.server_lr)
 
 
-SPEC = StrategySpec(Config, build, {"scaffold": "SCAFFOLD"}, check=needs_plain_sgd, flower=False,
+SPEC = StrategySpec(Config, build, {"scaffold": "SCAFFOLD"}, check=needs_plain_sgd, on_node=True,
                     keeps_per_client=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from fedbridge.client_state import checkpointed, reopened
 from fedbridge.files import atomic_write
 from fedbridge.strategies.api import ServerState
 
@@ -30,19 +31,25 @@ def connected(out: Path) -> bool:
     return (out / CONNECTED).exists()
 
 
+def _save_state(path: Path, out: Path, round_: int, state: ServerState, **more) -> None:
+    """The state with its per-client stores as client_state.checkpointed writes them (a deployed
+    strategy's server holds stand-ins of them: engines/flower/personal.py)."""
+    checkpointed(state.extra, round_, out, lambda extra: atomic_write(
+        path, lambda tmp: torch.save({**more, "params": state.params, "extra": extra}, tmp)))
+
+
 def write_round(out: Path, round_: int, records: list[dict], diagnostics: list[dict], state: ServerState) -> None:
-    saved = {"params": state.params, "extra": state.extra}
-    atomic_write(out / f"round-{round_:04d}.pt", lambda tmp: torch.save(saved, tmp))
+    _save_state(out / f"round-{round_:04d}.pt", out, round_, state)
     atomic_write(out / f"round-{round_:04d}.json", json.dumps({"metrics": records, "diagnostics": diagnostics}))
 
 
 def write_resume(out: Path, round_: int, state: ServerState) -> None:
-    atomic_write(out / RESUME, lambda tmp: torch.save({"round": round_, "params": state.params, "extra": state.extra}, tmp))
+    _save_state(out / RESUME, out, round_, state, round=round_)
 
 
 def read_resume(path: Path) -> tuple[int, ServerState]:
     saved = torch.load(path, weights_only=True)
-    return int(saved["round"]), ServerState(saved["params"], saved["extra"])
+    return int(saved["round"]), ServerState(saved["params"], reopened(saved["extra"], path.parent))
 
 
 def write_timings(out: Path, timings: list[dict]) -> None:
@@ -76,7 +83,7 @@ def read_rounds(out: Path, after: int) -> list[Round]:
         if number > after:
             saved = torch.load(path.with_suffix(".pt"), weights_only=True)
             written = json.loads(path.read_text())
-            state = ServerState(saved["params"], saved["extra"])
+            state = ServerState(saved["params"], reopened(saved["extra"], out))
             rounds.append(Round(number, written["metrics"], written["diagnostics"], state))
     return rounds
 

@@ -11,6 +11,7 @@ leaves it. Training and evaluation are fedbridge's own functions with K=1.
 
 import hashlib
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from flwr.clientapp import ClientApp
 from fedbridge.data.cache import cache_dir
 from fedbridge.data.datasets import Dataset
 from fedbridge.data.idx import read_idx, unreadable
+from fedbridge.client_state import every_row
+from fedbridge.engines.flower import node_state, personal
 from fedbridge.engines.flower.arrays import from_record, to_record
 from fedbridge.engines.flower.secagg import node_mod
 from fedbridge.errors import ConfigError, DataError
@@ -31,11 +34,11 @@ from fedbridge.experiment import ClientGroup, Experiment
 from fedbridge.federation import Client, Federation, build_federation, load_data
 from fedbridge.files import atomic_write
 from fedbridge.local import GradientAdjust, client_generator, evaluate, local_update
-from fedbridge.models import build_model
+from fedbridge.models import build_model, norm_state
 from fedbridge.optim import Params
-from fedbridge.rounds import STREAM_BATCHES, recipe
+from fedbridge.rounds import STREAM_BATCHES, STREAM_FINETUNE, initial_model, recipe
 from fedbridge.strategies import registry
-from fedbridge.strategies.api import ClientUpdates, ServerState
+from fedbridge.strategies.api import ClientUpdates, LocalTrain, ServerState
 
 app = ClientApp()
 
@@ -185,6 +188,70 @@ def scores(model: torch.nn.Module, params, federation: Federation, client: Clien
             "clean-accuracy": clean_acc.item(), "clean-loss": clean_loss.item()}
 
 
+def trainer(exp: Experiment, seed: int, federation: Federation, client: Client, model: torch.nn.Module, round_: int,
+            stream: int, ids: torch.Tensor) -> LocalTrain:
+    """This client's training as the simulation's transport does it (engines/simulation.py): its
+    minibatches from (seed, stream, round, client, copy), `epochs` overriding the recipe's."""
+    how = recipe(exp)
+
+    def train(start: Params, adjust: GradientAdjust | None = None, epochs: int | None = None,
+              copy: int = 0) -> ClientUpdates:
+        generator = client_generator(seed, stream, round_, client.index, *([copy] if copy else []))
+        result = local_update(model, start, federation.train_images, federation.train_labels, [client.train_rows],
+                              replace(how, local_epochs=epochs) if epochs else how, [generator], adjust)
+        return ClientUpdates(ids, torch.tensor([float(len(client.train_rows))]), result.params, result.steps,
+                             result.loss)
+
+    return train
+
+
+@dataclass(frozen=True)
+class Kept:
+    names: set[str]  # the model's parameters this client keeps to itself
+    came_from: int  # the round its state was saved after (0: the strategy's initial one)
+
+
+def node_strategy_state(message: Message, exp: Experiment, seed: int, client: Client, model: torch.nn.Module,
+                        received: Params, upto: int):
+    """The strategy (without client-level DP, which the server applies) and the one-client state its
+    steps run on here: the server's model and shared entries, and this client's own entries (the
+    newest at or before round `upto`, else the strategy's initial ones)."""
+    config = message.content["config"]
+    strategy = registry.build(exp.strategy, exp.setup, norm_state(model))
+    store = node_state.store(config["experiment"], seed, client.index)
+    node_state.entered(store, message.metadata.run_id, int(config["first-round"]))
+    came_from, own = node_state.latest(store, upto)
+    if own is None:
+        own = personal.own_entries(strategy.init(initial_model(model, seed), 1).extra)
+    state = ServerState(received, {**personal.read_shared(config["shared"]), **own})
+    return strategy, store, state, came_from
+
+
+def trained_on_node(message: Message, exp: Experiment, seed: int, federation: Federation, client: Client,
+                    model: torch.nn.Module, received: Params) -> tuple[ClientUpdates, Kept]:
+    """The strategy's `local` and `aggregate` on this client's state (engines/flower/personal.py):
+    its own entries after the round are kept here, its trained shared model goes back."""
+    config = message.content["config"]
+    round_ = int(config["round"])
+    strategy, store, state, came_from = node_strategy_state(message, exp, seed, client, model, received, round_ - 1)
+    only = torch.tensor([0])  # the client's row in its one-client state
+    trained = strategy.local(state, only, trainer(exp, seed, federation, client, model, round_, STREAM_BATCHES, only))
+    after, _ = strategy.aggregate(state, trained)
+    node_state.save(store, round_, personal.own_entries(after.extra), int(config["checkpoint-round"]))
+    return trained, Kept(registry.personal(exp.strategy, received, norm_state(model)), came_from)
+
+
+def scored_on_node(message: Message, exp: Experiment, seed: int, federation: Federation, client: Client,
+                   model: torch.nn.Module, received: Params) -> tuple[Params, int]:
+    """The model [1, ...] this client is scored with after round `round` (e.g. its head on the
+    server's body, its fine-tuned copy), and the round its state came from."""
+    round_ = int(message.content["config"]["round"])
+    strategy, _, state, came_from = node_strategy_state(message, exp, seed, client, model, received, round_)
+    only = torch.tensor([0])
+    models = strategy.evaluate_with(state, only, trainer(exp, seed, federation, client, model, round_, STREAM_FINETUNE, only))
+    return every_row(models), came_from
+
+
 _served = [0]  # messages this process has answered: only the first one paid for its start
 
 
@@ -217,19 +284,18 @@ def train(message: Message, context: Context) -> Message:
         metrics = scores(model, start, federation, client)
         timed("evaluate", seconds, began)
     began = time.perf_counter()
-    generator = client_generator(seed, STREAM_BATCHES, round_, client.index)
-
-    def local(params: Params, adjust: GradientAdjust | None = None) -> ClientUpdates:
-        result = local_update(model, params, federation.train_images, federation.train_labels, [client.train_rows],
-                              recipe(exp), [generator], adjust)
-        return ClientUpdates(torch.tensor([client.index]), torch.tensor([float(len(client.train_rows))]),
-                             result.params, result.steps, result.loss)
-
-    spec = registry.spec(exp.strategy)
-    # a strategy whose step runs here (FedProx) takes it as in the simulation, from a state that
-    # holds only the received model; any other strategy's clients train plainly
-    result = registry.build(exp.strategy, exp.setup).local(ServerState(start), torch.tensor([client.index]), local) \
-        if spec.on_node else local(start)
+    if personal.stateful(exp.strategy):
+        result, kept = trained_on_node(message, exp, seed, federation, client, model, start)
+        metrics["state-round"] = kept.came_from
+        result = replace(result, params={n: p for n, p in result.params.items() if n not in kept.names})
+    elif registry.spec(exp.strategy).on_node:
+        # a strategy whose step runs here (FedProx) takes it as in the simulation, from a state that
+        # holds only the received model
+        ids = torch.tensor([client.index])
+        train_here = trainer(exp, seed, federation, client, model, round_, STREAM_BATCHES, ids)
+        result = registry.build(exp.strategy, exp.setup).local(ServerState(start), ids, train_here)
+    else:  # any other strategy's clients train plainly
+        result = trainer(exp, seed, federation, client, model, round_, STREAM_BATCHES, torch.tensor([client.index]))(start)
     timed("train", seconds, began)
     metrics.update({
         "partition-id": client.index, "num-examples": len(client.train_rows),
@@ -240,15 +306,21 @@ def train(message: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_model(message: Message, context: Context) -> Message:
-    """The global model on this client's own test data and on the clean test set."""
+    """The server's model (or the one a strategy whose clients keep state gives this client) on this
+    client's own test data and on the clean test set."""
     seconds: dict[str, float] = {}
     began = time.perf_counter()
-    exp, _, federation, client = my_client(message, context)
+    exp, seed, federation, client = my_client(message, context)
     model = build_model(exp.model, federation.input_shape, federation.num_classes)
     params = from_record(message.content["arrays"])
     timed("data", seconds, began)
     began = time.perf_counter()
+    came_from = None
+    if personal.stateful(exp.strategy):  # scored with the model the strategy gives this client here
+        params, came_from = scored_on_node(message, exp, seed, federation, client, model, params)
     metrics = scores(model, params, federation, client)
+    if came_from is not None:
+        metrics["state-round"] = came_from
     timed("evaluate", seconds, began)
     metrics = MetricRecord({"partition-id": client.index, **metrics, **started(seconds)})
     return Message(RecordDict({"metrics": metrics}), reply_to=message)

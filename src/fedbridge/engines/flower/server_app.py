@@ -22,15 +22,15 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedbridge import rounds
-from fedbridge.engines.flower import channel
-from fedbridge.engines.flower import secagg
+from fedbridge.engines.flower import channel, personal, secagg
+from fedbridge.engines.flower.personal import Seen
 from fedbridge.engines.flower.replies import described
 from fedbridge.engines.flower.secagg import SecAgg
 from fedbridge.engines.flower.secagg_server import secure_transport
-from fedbridge.engines.flower.transport import POLL_SECONDS, Nodes, flower_transport, message
+from fedbridge.engines.flower.transport import POLL_SECONDS, Nodes, OnNodes, flower_transport, message
 from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.experiment import Experiment, load_experiment
-from fedbridge.models import build_model
+from fedbridge.models import build_model, norm_state
 from fedbridge.strategies import registry
 from fedbridge.strategies.api import ServerState
 
@@ -110,14 +110,19 @@ def writable_out_dir(out: Path) -> None:
 
 
 def deployable(exp: Experiment) -> None:
-    """Refuse, before anything starts, a strategy the ClientApp cannot run yet: those with client-side
-    steps or per-client models (StrategySpec.flower)."""
-    if not registry.spec(exp.strategy).flower or registry.kept_local(exp.strategy):
-        raise ConfigError(
-            f"strategy.name = {exp.strategy.name!r}{' with keep_local' if registry.kept_local(exp.strategy) else ''} needs "
-            "client-side steps or per-client models, which run on the "
-            "simulation engine only so far; on Flower use a server-side strategy such as fedavg"
-        )
+    """Refuse, before anything starts, what the ClientApp cannot run, naming why (StrategySpec.flower)."""
+    config = exp.strategy
+    if getattr(config, "noise_screen", None):
+        raise ConfigError(f"strategy.noise_screen on strategy.name = {config.name!r} runs on the simulation engine only: "
+                          "Flower's clients do not report FedNS's score; remove strategy.noise_screen to deploy")
+    if not registry.spec(config).flower:
+        raise ConfigError(f"strategy.name = {config.name!r} runs on the simulation engine only: its server reads what "
+                          "Flower's clients do not report; on Flower use another strategy, e.g. fedavg")
+    private = exp.privacy is not None and exp.privacy.level == "client" and exp.private(exp.method(config.name))
+    if private and registry.keeps_parameters(config):
+        raise ConfigError(f"strategy.name = {config.name!r}{' with keep_local' if registry.kept_local(config) else ''} "
+                          "keeps part of the model on each node, and client-level [privacy] clips the whole model's "
+                          "update, which the server never sees there; deploy it without [privacy] level = \"client\"")
 
 
 @dataclass(frozen=True)
@@ -169,11 +174,13 @@ def connect(grid: Grid, exp: Experiment, config: ConfigRecord, settings: Setting
 
 def node_experiment(exp: Experiment) -> str:
     """The experiment as the nodes get it. They run the plain local step unless the strategy's runs
-    on the node (StrategySpec.on_node), so it goes without any other strategy: a `custom` rule's
-    module then need not be importable on every node."""
+    on the node (StrategySpec.on_node), so it goes without any other strategy (but its keep_local):
+    a `custom` rule's module then need not be importable on every node."""
     if registry.spec(exp.strategy).on_node:
         return exp.model_dump_json()
-    return exp.model_copy(update={"strategy": registry.plain("fedavg")}).model_dump_json()
+    # a server-side rule's clients train as FedAvg's do, each keeping its own entries (keep_local)
+    plain = registry.plain("fedavg").model_copy(update={"keep_local": registry.kept_local(exp.strategy)})
+    return exp.model_copy(update={"strategy": plain}).model_dump_json()
 
 
 def run(grid: Grid, exp: Experiment, seed: int, settings: Settings, left_out: list[dict]) -> None:
@@ -203,14 +210,21 @@ def run(grid: Grid, exp: Experiment, seed: int, settings: Settings, left_out: li
         log(INFO, "round %d/%d in %.1f s: own test accuracy %s", r, exp.train.rounds, seconds, own)
         began[0] = time.monotonic()
 
+    resume = channel.read_resume(settings.resume) if settings.resume else None
+    # a strategy whose clients keep state runs their steps on the nodes (personal.py)
+    spec = registry.spec(exp.strategy)
+    on_nodes = OnNodes(Seen(), registry.personal(exp.strategy, initial, norm_state(model)),
+                       first=resume[0] + 1 if resume else 1,
+                       own_models=spec.scores_per_client or bool(registry.kept_local(exp.strategy))) \
+        if personal.stateful(exp.strategy) else None
     transport = flower_transport(nodes, connected.examples, {n: tuple(p.shape[1:]) for n, p in initial.items()}, config,
-                                 schedule, settings.train_ahead and settings.secagg is None, registry.spec(exp.strategy).on_node)
+                                 schedule, settings.train_ahead and settings.secagg is None, spec.on_node, on_nodes)
     if settings.secagg is not None:  # distributed DP-FedAvg then runs on the nodes, not around the strategy
         transport = secure_transport(transport, nodes, connected.examples, config, settings.secagg,
-                                     registry.spec(exp.strategy).on_node, secagg.distributed_noise(exp, schedule))
+                                     spec.on_node, secagg.distributed_noise(exp, schedule))
         schedule = replace(schedule, wrap=lambda strategy: strategy)
-    resume = channel.read_resume(settings.resume) if settings.resume else None
-    rounds.train(registry.build(exp.strategy, exp.setup), transport, initial, schedule, on_round, resume)
+    strategy = rounds.strategy(method, exp, model, schedule, personal.seam(on_nodes.seen) if on_nodes else None)
+    rounds.train(strategy, transport, initial, schedule, on_round, resume)
 
 
 @app.main()

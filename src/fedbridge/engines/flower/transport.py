@@ -7,10 +7,15 @@ clients would start from the evaluated model (a global model, as FedAvg's): the 
 model, trains from it, and answers both. Round r+1 uses that training only if its start is
 exactly the evaluated model and its step plain; otherwise it is sent again, and the transport
 stops training ahead for the rest of the run. One message a round instead of two.
+
+A strategy whose clients keep state on their nodes (personal.py) gets one train message per node
+a round, carrying the server's state rather than a start model, and every node evaluates with its
+own state; it does not train ahead yet (a round trained ahead would have to be checked against
+the whole state it started from, not only the model).
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from logging import WARNING
 
 import torch
@@ -20,6 +25,7 @@ from flwr.serverapp import Grid
 
 from fedbridge import rounds
 from fedbridge.engines.flower.arrays import from_record, to_record
+from fedbridge.engines.flower.personal import Seen, shared_bytes
 from fedbridge.engines.flower.replies import (
     Expected, described, evaluate_expected, reply_problem, together, train_expected,
 )
@@ -146,15 +152,48 @@ class Ahead:
         return round_ == self.round and all(torch.equal(start[n][k], p[0]) for n, p in self.start.items())
 
 
+@dataclass
+class OnNodes:
+    """A strategy whose clients keep state on their nodes (personal.py): what the messages carry."""
+
+    seen: Seen  # the state the strategy's step starts from
+    kept: set[str]  # the model's parameters the clients keep to themselves (registry.personal)
+    first: int  # the round this server began at (after a resume, the one after its checkpoint)
+    own_models: bool  # whether each client is scored with a model of its own (else the global one)
+    checkpoint: int = 0  # the server's last checkpointed (evaluated) round
+    trained_at: dict[int, int] = field(default_factory=dict)  # each client's last round of training
+
+    def config(self, config: ConfigRecord, round_: int) -> ConfigRecord:
+        return ConfigRecord({**config, "round": round_, "first-round": self.first, "checkpoint-round": self.checkpoint,
+                             "shared": shared_bytes(self.seen.state)})
+
+    def check_state(self, replies: dict[int, Message], round_: int | None = None) -> None:
+        """Warn about a node that lost its client's state (node_state.py), and note who trained."""
+        for c, reply in replies.items():
+            came_from = reply.content["metrics"].get("state-round", 0)
+            if came_from < self.trained_at.get(c, 0):
+                log(WARNING, "client %d's node has lost its state after round %d and continues from round %d's "
+                    "(0: the strategy's initial one)", c + 1, self.trained_at[c], came_from)
+            if round_ is not None:
+                self.trained_at[c] = round_
+
+
+def stand_ins(ids: torch.Tensor, weights: torch.Tensor, start: Params) -> ClientUpdates:
+    """What the server holds of a model that stays on its node: the model it started from."""
+    zeros = torch.zeros(len(ids))
+    return ClientUpdates(ids, weights, {n: p.clone() for n, p in start.items()}, zeros, zeros)
+
+
 def flower_transport(nodes: Nodes, examples: dict[int, int], shapes: dict[str, tuple[int, ...]],
                      config: ConfigRecord, schedule: rounds.Schedule, ahead: bool = True,
-                     on_node: bool = False) -> rounds.Transport:
+                     on_node: bool = False, on_nodes: OnNodes | None = None) -> rounds.Transport:
     """`examples`: each client's training samples, as it said at connect; `shapes`: the model's;
     `schedule`: the run's, to know the next round's clients; `ahead`: train with the evaluation;
     `on_node`: the nodes run the strategy's own local step (StrategySpec.on_node), gradient
-    adjustment included, so the one the strategy asks for here is the one they make."""
+    adjustment included, so the one the strategy asks for here is the one they make; `on_nodes`:
+    they also keep their clients' state and evaluate with it (personal.py), without training ahead."""
     trained_ahead: list[Ahead] = []  # at most one: the next round's
-    training_ahead = [ahead]
+    training_ahead = [ahead and on_nodes is None]
 
     def train_message(client: int, start: Params, round_: int, extra: dict) -> Message:
         content = {"arrays": to_record(start), "config": ConfigRecord({**config, "round": round_, **extra})}
@@ -170,7 +209,41 @@ def flower_transport(nodes: Nodes, examples: dict[int, int], shapes: dict[str, t
             torch.tensor([float(m["steps"]) for m in metrics]), torch.tensor([float(m["loss"]) for m in metrics]),
         )
 
+    def local_on_nodes(round_: int, ids: torch.Tensor, stream: int) -> LocalTrain:
+        """The round's one message per node; every call of the strategy's `local` reads its answers:
+        the one with copy 0 the trained shared model, any other its stand-ins (personal.py)."""
+        answered: list[ClientUpdates] = []
+        weights = torch.tensor([float(examples[c]) for c in ids.tolist()])
+
+        def train(start: Params, adjust: GradientAdjust | None = None, epochs: int | None = None,
+                  copy: int = 0) -> ClientUpdates:
+            if stream != rounds.STREAM_BATCHES:  # trained only to be scored: the node does it when it scores
+                return stand_ins(ids, weights, start)
+            if not answered:
+                nodes.rejoin()
+                sent = {n: p for n, p in shapes.items() if n not in on_nodes.kept}
+                replies = nodes.exchange("train", {
+                    c: message({"arrays": to_record(on_nodes.seen.state.params),
+                                "config": on_nodes.config(config, round_)}, nodes.node_of[c], "train", round_)
+                    for c in ids.tolist()
+                }, round_, expected={c: train_expected(sent, c, examples[c]) for c in ids.tolist()})
+                on_nodes.check_state(replies, round_)
+                answered.append(updates(replies))
+            got = answered[0]
+            # `start` has a row per sampled client, or per answering one (built on an earlier call's answers)
+            order = (ids if len(next(iter(start.values()))) == len(ids) else got.ids).tolist()
+            rows = torch.tensor([order.index(c) for c in got.ids.tolist()])
+            mine = {n: p[rows] for n, p in start.items()}
+            if copy:
+                return stand_ins(got.ids, got.weights, mine)
+            return replace(got, params={**got.params, **{n: mine[n] for n in on_nodes.kept}})
+
+        return train
+
     def local(round_: int, ids: torch.Tensor, stream: int) -> LocalTrain:
+        if on_nodes is not None:
+            return local_on_nodes(round_, ids, stream)
+
         def train(start: Params, adjust: GradientAdjust | None = None, epochs: int | None = None,
                   copy: int = 0) -> ClientUpdates:
             if adjust is not None and not on_node or epochs or copy or stream != rounds.STREAM_BATCHES:
@@ -198,13 +271,16 @@ def flower_transport(nodes: Nodes, examples: dict[int, int], shapes: dict[str, t
         """Each node scores its model (the global one, or its own row) on its own and the clean test
         data. With one global model, client c's model on client t's test data is what t measured."""
         nodes.rejoin()
-        one = next(iter(params.values())).shape[0] == 1
+        if on_nodes is not None:  # each node scores the model the strategy gives its client there
+            on_nodes.checkpoint = round_  # the server checkpoints the round it evaluates
+            params = on_nodes.seen.state.params
+        one = next(iter(params.values())).shape[0] == 1 and not (on_nodes and on_nodes.own_models)
         after = rounds.sample_clients(len(examples), schedule.fraction, schedule.seed, round_ + 1).tolist() \
             if one and training_ahead[0] and round_ < schedule.rounds else []
-        round_config = ConfigRecord({**config, "round": round_})
+        round_config = on_nodes.config(config, round_) if on_nodes else ConfigRecord({**config, "round": round_})
         messages = {}
         for client, node in nodes.node_of.items():
-            model = params if one else {n: p[client : client + 1] for n, p in params.items()}
+            model = params if one or on_nodes else {n: p[client : client + 1] for n, p in params.items()}
             if client in after:  # scored at round_, then trained for round_ + 1
                 messages[client] = train_message(client, model, round_ + 1, {"evaluate-round": round_})
             else:
@@ -212,6 +288,8 @@ def flower_transport(nodes: Nodes, examples: dict[int, int], shapes: dict[str, t
         expected = {c: together(train_expected(shapes, c, examples[c]), evaluate_expected(c)) if c in after
                     else evaluate_expected(c) for c in nodes.node_of}
         replies = nodes.exchange("evaluate", messages, round_, expected=expected)
+        if on_nodes is not None:
+            on_nodes.check_state(replies)
         if after:
             trained_ahead.append(Ahead(round_ + 1, params, {c: r for c, r in replies.items() if c in after}))
         scores = {c: dict(replies[c].content["metrics"]) for c in sorted(replies)}
