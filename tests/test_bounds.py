@@ -183,8 +183,7 @@ def test_a_sweep_takes_no_more_seeds_than_a_run(tmp_path):
 @pytest.mark.parametrize("strategy, baselines, cross, low, high", [
     ("scaffold", [], "true", 0.5, 1.5), ("scaffold", ["local"], "true", 8, 9), ("scaffold", ["local"], "false", 0.5, 1.5),
     ("ditto", [], "false", 0.5, 1.5), ("ditto", [], "true", 8, 9)])
-def test_a_10000_client_scaffold_run_counts_its_store_not_every_clients_control_variates(strategy, baselines, cross,
-                                                                                         low, high):
+def test_a_10000_client_run_counts_its_store_not_every_clients_rows(strategy, baselines, cross, low, high):
     # the 2NN's 199,210 weights: 8 GB of control variates (or Ditto's personal models) for 10,000
     # clients, in files but for the 100 clients a round changes; the local baseline's and Ditto's
     # models are saved from their store a chunk at a time (weights_file), but scoring each on every
