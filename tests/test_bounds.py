@@ -180,13 +180,18 @@ def test_a_sweep_takes_no_more_seeds_than_a_run(tmp_path):
     assert not (tmp_path / "sweep").exists()
 
 
-@pytest.mark.parametrize("baselines, low, high", [([], 0.5, 1.5), (["local"], 8, 9)])
-def test_a_10000_client_scaffold_run_counts_its_store_not_every_clients_control_variates(baselines, low, high):
-    # the 2NN's 199,210 weights: 8 GB of control variates for 10,000 clients, in files but for the
-    # 100 clients a round changes; the local baseline saves every client's model, 8 GB
+@pytest.mark.parametrize("strategy, baselines, cross, low, high", [
+    ("scaffold", [], "true", 0.5, 1.5), ("scaffold", ["local"], "true", 8, 9), ("scaffold", ["local"], "false", 0.5, 1.5),
+    ("ditto", [], "false", 0.5, 1.5), ("ditto", [], "true", 8, 9)])
+def test_a_10000_client_run_counts_its_store_not_every_clients_rows(strategy, baselines, cross, low, high):
+    # the 2NN's 199,210 weights: 8 GB of control variates (or Ditto's personal models) for 10,000
+    # clients, in files but for the 100 clients a round changes; the local baseline's and Ditto's
+    # models are saved from their store a chunk at a time (weights_file), but scoring each on every
+    # client's test data (eval.cross_clients) takes them all, 8 GB
     exp, _ = load_experiment(CONFIGS / "seed.toml", [
         "model=\"2nn\"", "partition={name=\"iid\", samples_per_client=6}", "clients=[{count=10000}]",
-        "strategy={name=\"scaffold\"}", "train.optimizer=\"sgd\"", "train.client_fraction=0.01", f"baselines={baselines}"])
+        f"strategy={{name=\"{strategy}\"}}", "train.optimizer=\"sgd\"", "train.client_fraction=0.01",
+        f"baselines={baselines}", f"eval.cross_clients={cross}"])
     mnist = Dataset("mnist", np.zeros((60000, 28, 28), np.uint8), np.zeros(60000, np.int64),
                     np.zeros((10000, 28, 28), np.uint8), np.zeros(10000, np.int64), source="zeros")
     assert low * 2**30 < sum(n.bytes for n in bounds.memory_needs(exp, mnist, (1, 28, 28))) < high * 2**30

@@ -30,7 +30,7 @@ from fedbridge.data import corrupt
 from fedbridge.data.datasets import Dataset
 from fedbridge.errors import ConfigError
 from fedbridge.data.partitions import IID, Shards, Sizes
-from fedbridge.experiment import Experiment
+from fedbridge.experiment import Experiment, Method
 from fedbridge.models import build_model, norm_state, state_size
 from fedbridge.schema import LOCAL, POOLED
 from fedbridge.strategies import registry
@@ -139,8 +139,20 @@ def memory_needs(exp: Experiment, dataset: Dataset, shape: tuple[int, ...]) -> l
 
 
 def _saves_per_client(exp: Experiment) -> bool:
-    # every client's model is in memory when the weights are saved
-    return any(m.name == LOCAL or registry.spec(m.strategy).scores_per_client for m in exp.methods)
+    """Whether every client's model is in memory at once: a strategy that scores one model a client
+    and keeps no store (fine-tuning's copies), or, for those that keep them in a store (the local
+    baseline, personalised strategies), an evaluation that takes every row (on every client's test
+    data, or off the CPU: engines.simulation.evaluate_clients). The weights file of a store is written
+    a chunk of clients at a time (weights_file)."""
+    whole = exp.eval.cross_clients or exp.train.device != "cpu"  # "auto" may be a GPU
+
+    def all_in_memory(m: Method) -> bool:
+        if m.name == LOCAL:
+            return whole
+        spec = registry.spec(m.strategy)
+        return spec.scores_per_client and (whole or not spec.keeps_per_client)
+
+    return any(map(all_in_memory, exp.methods))
 
 
 def _state_needs(exp: Experiment, params: int) -> list[Need]:

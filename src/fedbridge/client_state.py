@@ -74,8 +74,8 @@ class ClientState:
         for name, values in out.items():
             size = values[0].numel() * values.element_size()
             with open(self.folder / name, "rb") as f:
-                for k, row in stored:
-                    os.preadv(f.fileno(), [values[k].numpy().view(np.uint8).reshape(-1)], row * size)
+                for k, row in stored:  # reshape: a 0-d row (BatchNorm's batch count) has no byte view
+                    os.preadv(f.fileno(), [values[k].reshape(-1).numpy().view(np.uint8)], row * size)
         return out
 
     def put(self, ids: torch.Tensor, params: Params) -> "ClientState":
@@ -95,7 +95,7 @@ class ClientState:
             size = values[0].numel() * values.element_size()
             with open(self.folder / name, "rb+") as f:
                 for k, row in enumerate(rows):
-                    os.pwrite(f.fileno(), values[k].numpy().view(np.uint8).reshape(-1), row * size)
+                    os.pwrite(f.fileno(), values[k].reshape(-1).numpy().view(np.uint8), row * size)
         return replace(self, pending=self.pending | set(wanted))
 
     def _slots(self, ids: list[int], writing: bool = False) -> list[int]:
@@ -129,7 +129,7 @@ Models = Params | ClientState | Joined  # what clients are scored with: [1 or n,
 
 
 def every_row(models: Models) -> Params:
-    """The models [1 or n, ...] as tensors (to save them)."""
+    """The models [1 or n, ...] as tensors."""
     return models if isinstance(models, dict) else models.take(torch.arange(models.n))
 
 

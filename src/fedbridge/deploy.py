@@ -15,6 +15,7 @@ import tomli_w
 from rich.console import Console
 
 from fedbridge import lock
+from fedbridge.client_state import Models
 from fedbridge.engines import simulation
 from fedbridge.engines.flower import certificates as throwaway
 from fedbridge.engines.flower import channel, hosts
@@ -26,7 +27,6 @@ from fedbridge.engines.flower.submit import follow, stop_run, submit
 from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.experiment import Experiment, Method, Role
 from fedbridge.federation import Federation
-from fedbridge.optim import Params
 from fedbridge.results import CHECKPOINT, create_run_dir, write_summary
 from fedbridge.resume import resolved_config
 from fedbridge.rounds import OnRound
@@ -90,9 +90,9 @@ class FlowerRuns:
             self.started[(exp.seed + i, method.name)] = self.start(method, exp, exp.seed + i)
 
     def __call__(self, method: Method, federation: Federation, exp: Experiment, seed: int,
-                 on_round: OnRound = lambda r, records, diagnostics, state: None, resume=None) -> Params:
+                 on_round: OnRound = lambda r, records, diagnostics, state: None, resume=None) -> Models:
         if method.role is not Role.FEDERATED or method.name != exp.strategy.name:
-            return simulation.train(method, federation, exp, seed, on_round, **({"resume": resume} if resume else {}))
+            return simulation.train_models(method, federation, exp, seed, on_round, **({"resume": resume} if resume else {}))
         early = self.started.pop((seed, method.name), None)
         if early and (resume or (early[1] / "config.toml").read_text() != tomli_w.dumps(resolved_config(exp))):
             stop_run(self.cluster, early[0])  # the study runs another experiment (its data fell back)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from fedbridge import kernels, pooling
-from fedbridge.optim import Params
+from fedbridge.optim import OptimizerState, Params
 
 
 def stacked_forward(model: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
@@ -48,9 +48,8 @@ def body_forward(
             leaves = {n: params[n].detach().requires_grad_(True) for n in trained}
             fixed = {n: params[n] for n in body.state_dict() if n in params and n not in trained}
             out = stacked_forward(body, leaves | fixed, x)
-            # contiguous: vmap's weight gradients come transposed, and torch's fused Adam (optim.step)
-            # misreads a gradient whose strides differ from its parameter's
-            return out, lambda grad: {n: g.contiguous() for n, g in zip(leaves, torch.autograd.grad(out, list(leaves.values()), grad))}
+            # as autograd gives them: vmap's weight gradients come transposed (see in_gradient_layout)
+            return out, lambda grad: dict(zip(leaves, torch.autograd.grad(out, list(leaves.values()), grad)))
         outs = [module(xk[: int(n)]) if n else None for module, xk, n in zip(clients, x, counts.tolist())]
         out = _padded(outs, x.shape[1])
         names = trainable(body)
@@ -64,6 +63,25 @@ def body_forward(
             return {n: torch.stack(found[i :: len(names)]) for i, n in enumerate(names)}
 
         return out, grads_of
+
+
+def in_gradient_layout(params: Params, grads: Params, state: OptimizerState) -> None:
+    """Each parameter (and its optimizer state) given, in place in the dicts, the strides its gradient
+    comes in, same values: vmap's weight gradients come transposed, and copying each step's into its
+    parameter's layout was a third of the generic MLP round (docs/performance.md, "The generic path").
+    Called once, after the first step's gradients; `laid_out_as` then copies only what still differs."""
+    for name, g in grads.items():
+        if (layout := torch.empty_like(g)).stride() != params[name].stride():
+            params[name] = layout.copy_(params[name])
+            for buffers in (state.first, state.second):
+                if name in buffers:
+                    buffers[name] = torch.empty_like(g).copy_(buffers[name])
+
+
+def laid_out_as(grads: Params, params: Params) -> Params:
+    """The gradients in their parameters' strides: torch's fused Adam (optim.step) misreads a gradient
+    whose strides differ from its parameter's."""
+    return {n: g if g.stride() == params[n].stride() else torch.empty_like(params[n]).copy_(g) for n, g in grads.items()}
 
 
 def _padded(outs: list[torch.Tensor | None], batch: int) -> torch.Tensor:

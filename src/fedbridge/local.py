@@ -30,7 +30,7 @@ from torch.func import functional_call, vmap
 
 from fedbridge import kernels, losses, optim
 from fedbridge.errors import ConfigError, DataError
-from fedbridge.generic import body_forward, bound, per_client, stateful, trainable
+from fedbridge.generic import body_forward, bound, in_gradient_layout, laid_out_as, per_client, stateful, trainable
 from fedbridge.optim import Params
 
 # Working memory for one chunk of clients (parameters, gradients, optimizer state, activations).
@@ -214,16 +214,18 @@ def _train_chunk(
             if body is not None:
                 grad_features = grads.pop("input").view_as(features)
                 grads.update(body_grads(grad_features))
+                if s == 0 and clients is None:  # a module per client computes with views of `params`
+                    in_gradient_layout(params, grads, state)
             loss_sum += loss
             if adjust is not None:
                 grads = adjust(params, grads)
             if grads:  # the body's, or every parameter's when the head's step is not fused
                 optim.step(
-                    {n: params[n] for n in grads}, grads, state, counts[s] > 0,
+                    {n: params[n] for n in grads}, laid_out_as(grads, params), state, counts[s] > 0,
                     optimizer=recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
                 )
     steps = (counts > 0).sum(0).float()
-    return LocalResult(params, steps, loss_sum / steps)
+    return LocalResult({n: p.contiguous() for n, p in params.items()}, steps, loss_sum / steps)
 
 
 def _dp_sgd_grads(

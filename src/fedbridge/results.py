@@ -20,7 +20,8 @@ from pathlib import Path
 import tomli_w
 import torch
 
-from fedbridge import lock, schema
+from fedbridge import lock, schema, weights_file
+from fedbridge.client_state import Models
 from fedbridge.errors import FedbridgeError
 from fedbridge.experiment import Experiment, load_experiment
 from fedbridge.files import atomic_write, writing
@@ -190,17 +191,20 @@ def weights_problem(run: Path, seed: int, method: str) -> str | None:
     return None if matches else _DIFFERS
 
 
-def save_weights(run: Path, seed: int, method: str, params: dict[str, torch.Tensor]) -> None:
-    """Save stacked parameters [m, ...] as state dicts that `torch.load` + `load_state_dict` read without
-    fedbridge: one model (m = 1) is the file's whole content, m per-client models are under "client1", ...
-    Its sha256 is recorded in weights.sha256 after it is written: a crash in between leaves a whole file
-    with no hash, which is taken as finished when it loads."""
-    m = next(iter(params.values())).shape[0]
-    # clone: a row saved as a view would carry the storage of every model with it
-    models = [{name: p[i].clone() for name, p in params.items()} for i in range(m)]
-    content = models[0] if m == 1 else {f"client{i + 1}": model for i, model in enumerate(models)}
+def save_weights(run: Path, seed: int, method: str, models: Models) -> None:
+    """Save the models (stacked [m, ...], or a client_state store) as state dicts that `torch.load` +
+    `load_state_dict` read without fedbridge: one model (m = 1) is the file's whole content, m
+    per-client models are under "client1", ..., written a chunk of clients at a time (weights_file),
+    so a store's models never are all in memory. Its sha256 is recorded in weights.sha256 after it
+    is written: a crash in between leaves a whole file with no hash, which is taken as finished when it loads."""
     path = weights_path(run, seed, method)
-    atomic_write(path, lambda tmp: torch.save(content, tmp))
+    n = next(iter(models.values())).shape[0] if isinstance(models, dict) else models.n
+    take = (lambda ids: {name: p[ids] for name, p in models.items()}) if isinstance(models, dict) else models.take
+    if n == 1:
+        model = {name: p[0] for name, p in take(torch.zeros(1, dtype=torch.long)).items()}  # a copy, not a view
+        atomic_write(path, lambda tmp: torch.save(model, tmp))
+    else:
+        atomic_write(path, lambda tmp: weights_file.write(tmp, n, take))
     hashes = _recorded_hashes(run) | {f"{WEIGHTS}/{path.name}": _sha256(path)}
     atomic_write(Path(run) / HASHES, "".join(f"{digest}  {name}\n" for name, digest in sorted(hashes.items())))
 

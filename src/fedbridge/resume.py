@@ -14,13 +14,16 @@ from pathlib import Path
 
 import torch
 
-from fedbridge import client_state, detection, results
+from fedbridge import client_state, detection, results, rounds
+from fedbridge.client_state import ClientState
 from fedbridge.data.datasets import Dataset
 from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.experiment import Experiment, Role
 from fedbridge.models import build_model
-from fedbridge.schema import Diagnostic
+from fedbridge.schema import LOCAL, Diagnostic
+from fedbridge.strategies import fedper
 from fedbridge.strategies.api import ServerState
+from fedbridge.strategies.local_only import OWN
 
 # what a checkpoint holds (study.py writes it): key -> the types its value may have
 _CHECKPOINT = {"seed": int, "method": str, "round": int, "params": dict, "extra": dict, "seconds": dict,
@@ -94,6 +97,45 @@ def _legacy_detection(seed: int, method: str, state: ServerState) -> list[Diagno
                    scores={name: rows[r, c].item() for name, rows in history.items()})
         for r in range(first.shape[0]) for c in range(first.shape[1]) if not math.isnan(first[r, c].item())
     ]
+
+
+def _own_models_in_a_store(run: Path, exp: Experiment, dataset: Dataset, seed: int, method: str,
+                            state: ServerState) -> ServerState:
+    """Checkpoints made before client_state.py (2026-12-02) kept the clients' own models in the
+    state's params [n, ...]: local-only's models, FedPer's and FedRep's (the body the same in every
+    row, each client's head), Ditto's personal models (its global model in extra["global"]). Today
+    params are one model [1, ...] and the own rows (FedPer's heads) are in a store, extra["own"],
+    whose clients never written read as the seed's initial model: moved there, the same numbers, so
+    the run continues exactly as it would have."""
+    found = next(m for m in exp.methods if m.name == method)
+    # by name: a noise-screened FedPer's spec is a wrapper of FedPer's
+    kind = LOCAL if found.role is Role.LOCAL else found.strategy.name
+    if OWN in state.extra or kind not in (LOCAL, "fedper", "fedrep", "ditto"):
+        return state
+    params, extra, n = state.params, dict(state.extra), exp.n_clients
+    models = next(iter(params.values())).shape[0]
+    problem = None
+    if models != n:
+        problem = f"its {method} holds {models} models, not one per client ({n})"
+    elif kind == "ditto" and "global" not in extra:
+        problem = f"its {method} has no global model (extra['global'])"
+    elif kind in ("fedper", "fedrep") and any(not torch.equal(p, p[:1].expand_as(p)) for name, p in params.items()
+                                              if name not in fedper.head_names(params)):
+        problem = f"its {method}'s body differs between clients"
+    if problem:
+        raise FedbridgeError(f"{Path(run) / results.CHECKPOINT} was made before per-client state had a store, and "
+                             f"cannot be continued ({problem}): {results.checkpoint_fix(run)}")
+    initial = rounds.initial_model(build_model(exp.model, dataset.input_shape, dataset.num_classes), seed)
+    if kind == "ditto":
+        rows, shared, default = params, extra.pop("global"), initial
+    elif kind == LOCAL:
+        rows, shared, default = params, initial, initial
+    else:
+        head = fedper.head_names(params)
+        rows, default = {k: params[k] for k in head}, {k: initial[k] for k in head}
+        shared = {k: initial[k] if k in head else p[:1] for k, p in params.items()}
+    extra[OWN] = ClientState(n, {k: p.clone() for k, p in default.items()}, rows=rows)
+    return ServerState(shared, extra)
 
 
 def _form_problem(checkpoint: object) -> str | None:
@@ -230,6 +272,7 @@ def restore(run: Path, exp: Experiment, seeds: list[int], dataset: Dataset) -> P
         position.note = checkpoint["note"]
         if pair not in position.finished:  # else it ended after this checkpoint, before the next pair's first one
             state = ServerState(checkpoint["params"], client_state.reopened(checkpoint["extra"], run))
+            state = _own_models_in_a_store(run, exp, dataset, *pair, state)
             legacy = _legacy_detection(*pair, state)
             position.current = Current(*pair, checkpoint["round"], state, checkpoint["elapsed"])
             limit[pair] = checkpoint["round"]

@@ -16,7 +16,6 @@ from fedbridge.engines import simulation
 from fedbridge.errors import ConfigError
 from fedbridge.experiment import Experiment, Method, Role
 from fedbridge.federation import Federation, build_federation, client_rows, resolve_dataset
-from fedbridge.optim import Params
 from fedbridge.progress import progress_bar, say
 from fedbridge.resume import Position, config_fingerprint, fresh, resolved_config, restore
 from fedbridge.schema import Diagnostic, Record
@@ -24,8 +23,9 @@ from fedbridge.strategies.api import ServerState
 from fedbridge.summary import summarize
 
 # train(method, federation, exp, seed, on_round, resume=None) -> the models last evaluated: the
-# simulation engine's, or another transport's with the same signature (fedbridge.deploy's)
-Train = Callable[..., Params]
+# simulation engine's (stacked, or a store of the clients' own), or another transport's with the same
+# signature (fedbridge.deploy's)
+Train = Callable[..., client_state.Models]
 
 
 @dataclass
@@ -110,7 +110,7 @@ def _engines(out: Path, exp: Experiment, engine: str, switch: bool) -> dict[str,
 
 
 def run_study(
-    exp: Experiment, out: Path, data_dir: Path | None, console: Console, train: Train = simulation.train,
+    exp: Experiment, out: Path, data_dir: Path | None, console: Console, train: Train = simulation.train_models,
     *, resume: bool = False, quiet: bool = False, engine: str = "simulation", switch_engine: bool = False,
 ) -> dict:
     """Train every method for every seed with `train` and write the run directory.

@@ -150,18 +150,24 @@ def transport(model: torch.nn.Module, federation: Federation, rows: list[torch.T
         lambda models, ids, round_, cross: evaluate_clients(model, models, federation, cross, ids, how.device))
 
 
-
-def train(method: Method, federation: Federation, exp: Experiment, seed: int,
-          on_round: rounds.OnRound = lambda r, records, diagnostics, state: None,
-          resume: tuple[int, ServerState] | None = None) -> Params:
+def train_models(method: Method, federation: Federation, exp: Experiment, seed: int,
+                 on_round: rounds.OnRound = lambda r, records, diagnostics, state: None,
+                 resume: tuple[int, ServerState] | None = None) -> Models:
     """Train `method` on `federation` for the experiment's rounds (rounds.train) and return the
-    models the clients were last evaluated with."""
+    models the clients were last evaluated with: stacked [1 or n, ...], or a store of the clients'
+    own, which results.save_weights writes a chunk of clients at a time (the study's default)."""
     model = build_model(exp.model, federation.input_shape, federation.num_classes)
     rows = participants(method, federation)
     profiles = [c.profile for c in federation.clients]
     how = rounds.recipe(exp, private=exp.private(method))
     schedule = rounds.schedule(method, exp, seed, profiles, sizes=[len(r) for r in rows])
-    # a store's rows taken whole: the study saves every client's model
     strategy = rounds.strategy(method, exp, model, schedule)
-    return every_row(rounds.train(strategy, transport(model, federation, rows, how, seed),
-                                  rounds.initial_model(model, seed), schedule, on_round, resume))
+    return rounds.train(strategy, transport(model, federation, rows, how, seed),
+                        rounds.initial_model(model, seed), schedule, on_round, resume)
+
+
+def train(method: Method, federation: Federation, exp: Experiment, seed: int,
+          on_round: rounds.OnRound = lambda r, records, diagnostics, state: None,
+          resume: tuple[int, ServerState] | None = None) -> Params:
+    """train_models' models as tensors [1 or n, ...], a store's rows taken whole."""
+    return every_row(train_models(method, federation, exp, seed, on_round, resume))
