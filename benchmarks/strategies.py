@@ -107,26 +107,27 @@ def key(line: dict) -> tuple:
     return tuple(line[k] for k in KEY)
 
 
-def settings(line: dict) -> tuple:
+def settings(line: dict, fields: tuple = SETTINGS) -> tuple:
     # lines written before lr and batch_size were recorded read as None: unlike any new run
-    return tuple(line.get(k) for k in SETTINGS)
+    return tuple(line.get(k) for k in fields)
 
 
-def describe(setting: tuple) -> str:
-    return ", ".join(f"{name.replace('_', ' ')} {'unrecorded' if value is None else value}" for name, value in zip(SETTINGS, setting))
+def describe(setting: tuple, fields: tuple = SETTINGS) -> str:
+    return ", ".join(f"{name.replace('_', ' ')} {'unrecorded' if value is None else value}" for name, value in zip(fields, setting))
 
 
-def done_before(out: Path, args) -> set[tuple]:
-    """The keys of the lines already in `out`, whose settings must be this run's: appending other
-    settings would mix two experiments in one file, and resuming would skip runs it never made."""
+def done_before(out: Path, args, fields: tuple = SETTINGS) -> set[tuple]:
+    """The keys of the lines already in `out`, whose settings (`fields`) must be this run's: appending
+    other settings would mix two experiments in one file, and resuming would skip runs it never made."""
     if not out.exists():
         return set()
     lines = read_lines(out, "--out")
-    ours = settings(vars(args))
-    if other := {settings(r) for r in lines} - {ours}:
+    ours = settings(vars(args), fields)
+    if other := {settings(r, fields) for r in lines} - {ours}:
+        shown = "; ".join(describe(o, fields) for o in sorted(other, key=str))
         raise FedbridgeError(
-            f"--out {out} holds results run with {'; '.join(map(describe, sorted(other, key=str)))}, "
-            f"not this run's {describe(ours)}: choose another --out, or the same settings to resume it")
+            f"--out {out} holds results run with {shown}, "
+            f"not this run's {describe(ours, fields)}: choose another --out, or the same settings to resume it")
     return {key(r) for r in lines}
 
 
