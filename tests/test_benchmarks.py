@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -178,3 +179,17 @@ def test_fedns_refuses_to_resume_a_file_of_another_noise_or_model(tmp_path, monk
     assert run_main(fedns, monkeypatch, "--out", out, "--rounds", 1, "--noise", "paper", "--data-dir", tmp_path) == 1
     assert "noise ours, screen kmeans, not this run's rounds 1, lr 0.1, batch size 64, model mlp, local epochs 1, " \
            "noise paper" in capsys.readouterr().err
+
+
+def test_fedns_screen_counts_verdicts_and_removes_what_the_label_mix_predicts():
+    from benchmarks import fedns_screen
+    # 2-means splits {1, 2} from {10, 11}: the low cluster is noisy
+    assert fedns_screen.right(torch.tensor([1.0, 2.0, 10.0, 11.0]), torch.tensor([True, True, False, False])) == 4
+    assert fedns_screen.right(torch.tensor([1.0, 2.0, 10.0, 11.0]), torch.tensor([False, True, False, False])) == 3
+    # client 0 holds one class (entropy 0), client 1 two evenly (log 2), client 2 four (log 4); scores
+    # exp(1 + entropy) are all the label mix predicts, so nothing is left of them
+    labels = torch.tensor([0, 0, 0, 0, 0, 1, 0, 1, 2, 3])
+    rows = [torch.tensor([0, 1]), torch.tensor([4, 5]), torch.tensor([6, 7, 8, 9])]
+    entropy = torch.tensor([0.0, math.log(2), math.log(4)])
+    residual = fedns_screen.entropy_residual((1 + entropy).exp(), labels, rows, 4)
+    assert residual.abs().max() < 1e-5
