@@ -253,6 +253,8 @@ def table(paths: list[Path]) -> str:
         out.append("|---" * (6 + len(groups)) + "|")
         for m in methods:
             runs = [by[(dataset, partition, s, m)] for s in seeds if (dataset, partition, s, m) in by]
+            if not runs:  # run in another scenario only
+                continue
             local = {r["seed"]: by.get((dataset, partition, r["seed"], "local")) for r in runs}
             gains = []
             for p, clients in groups.items():
@@ -265,7 +267,7 @@ def table(paths: list[Path]) -> str:
                 f"| {label} | {_pm([r['clean'] for r in runs])} | {_pm([statistics.fmean(r['own'].values()) for r in runs])} "
                 f"| {_pm([min(r['own'].values()) for r in runs])} | " + " | ".join(gains) + f" | {worst} | {worse_off} |"
             )
-            if m != "local" and runs:
+            if m != "local":
                 verdicts[m][(dataset, partition)] = (worse_off, statistics.fmean(
                     statistics.fmean(r["own"].values()) for r in runs))
     out += no_client_worse_off(verdicts, scenarios)
