@@ -107,26 +107,27 @@ def key(line: dict) -> tuple:
     return tuple(line[k] for k in KEY)
 
 
-def settings(line: dict) -> tuple:
+def settings(line: dict, fields: tuple = SETTINGS) -> tuple:
     # lines written before lr and batch_size were recorded read as None: unlike any new run
-    return tuple(line.get(k) for k in SETTINGS)
+    return tuple(line.get(k) for k in fields)
 
 
-def describe(setting: tuple) -> str:
-    return ", ".join(f"{name.replace('_', ' ')} {'unrecorded' if value is None else value}" for name, value in zip(SETTINGS, setting))
+def describe(setting: tuple, fields: tuple = SETTINGS) -> str:
+    return ", ".join(f"{name.replace('_', ' ')} {'unrecorded' if value is None else value}" for name, value in zip(fields, setting))
 
 
-def done_before(out: Path, args) -> set[tuple]:
-    """The keys of the lines already in `out`, whose settings must be this run's: appending other
-    settings would mix two experiments in one file, and resuming would skip runs it never made."""
+def done_before(out: Path, args, fields: tuple = SETTINGS) -> set[tuple]:
+    """The keys of the lines already in `out`, whose settings (`fields`) must be this run's: appending
+    other settings would mix two experiments in one file, and resuming would skip runs it never made."""
     if not out.exists():
         return set()
     lines = read_lines(out, "--out")
-    ours = settings(vars(args))
-    if other := {settings(r) for r in lines} - {ours}:
+    ours = settings(vars(args), fields)
+    if other := {settings(r, fields) for r in lines} - {ours}:
+        shown = "; ".join(describe(o, fields) for o in sorted(other, key=str))
         raise FedbridgeError(
-            f"--out {out} holds results run with {'; '.join(map(describe, sorted(other, key=str)))}, "
-            f"not this run's {describe(ours)}: choose another --out, or the same settings to resume it")
+            f"--out {out} holds results run with {shown}, "
+            f"not this run's {describe(ours, fields)}: choose another --out, or the same settings to resume it")
     return {key(r) for r in lines}
 
 
@@ -252,6 +253,8 @@ def table(paths: list[Path]) -> str:
         out.append("|---" * (6 + len(groups)) + "|")
         for m in methods:
             runs = [by[(dataset, partition, s, m)] for s in seeds if (dataset, partition, s, m) in by]
+            if not runs:  # run in another scenario only
+                continue
             local = {r["seed"]: by.get((dataset, partition, r["seed"], "local")) for r in runs}
             gains = []
             for p, clients in groups.items():
@@ -264,7 +267,7 @@ def table(paths: list[Path]) -> str:
                 f"| {label} | {_pm([r['clean'] for r in runs])} | {_pm([statistics.fmean(r['own'].values()) for r in runs])} "
                 f"| {_pm([min(r['own'].values()) for r in runs])} | " + " | ".join(gains) + f" | {worst} | {worse_off} |"
             )
-            if m != "local" and runs:
+            if m != "local":
                 verdicts[m][(dataset, partition)] = (worse_off, statistics.fmean(
                     statistics.fmean(r["own"].values()) for r in runs))
     out += no_client_worse_off(verdicts, scenarios)

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -159,3 +160,36 @@ def test_fedns_table_compares_with_the_paper(tmp_path):
     # paired by seed: +3 points in both seeds, no spread; the paper's +1.47
     assert "| FedNS helps fedavg: + fedns − fedavg | 3.00 [3.00, 3.00] | +1.47 |" in text
     assert "20–20 of 20 clients right" in text
+
+
+def test_fedns_oracle_screen_takes_the_true_profiles_of_the_round_s_clients():
+    from fedbridge.strategies.noise_screen import CLEAN, NOISY, UNKNOWN
+    known = torch.full((3,), UNKNOWN)
+    verdicts = fedns.oracle(torch.tensor([True, False, True]))
+    after, threshold = verdicts(known, float("nan"), torch.tensor([0, 1]), torch.tensor([5.0, 1.0]))
+    assert after.tolist() == [NOISY, CLEAN, UNKNOWN] and threshold != threshold  # the scores play no part
+    assert known.tolist() == [UNKNOWN] * 3  # the state it was given is left alone
+
+
+def test_fedns_refuses_to_resume_a_file_of_another_noise_or_model(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "f.jsonl"
+    out.write_text(json.dumps({"dataset": "fashion-mnist", "partition": "iid", "seed": 0, "method": "fedavg",
+                               "rounds": 1, "lr": 0.1, "batch_size": 64, "model": "mlp", "local_epochs": 1,
+                               "noise": "ours", "screen": "kmeans"}) + "\n")
+    assert run_main(fedns, monkeypatch, "--out", out, "--rounds", 1, "--noise", "paper", "--data-dir", tmp_path) == 1
+    assert "noise ours, screen kmeans, not this run's rounds 1, lr 0.1, batch size 64, model mlp, local epochs 1, " \
+           "noise paper" in capsys.readouterr().err
+
+
+def test_fedns_screen_counts_verdicts_and_removes_what_the_label_mix_predicts():
+    from benchmarks import fedns_screen
+    # 2-means splits {1, 2} from {10, 11}: the low cluster is noisy
+    assert fedns_screen.right(torch.tensor([1.0, 2.0, 10.0, 11.0]), torch.tensor([True, True, False, False])) == 4
+    assert fedns_screen.right(torch.tensor([1.0, 2.0, 10.0, 11.0]), torch.tensor([False, True, False, False])) == 3
+    # client 0 holds one class (entropy 0), client 1 two evenly (log 2), client 2 four (log 4); scores
+    # exp(1 + entropy) are all the label mix predicts, so nothing is left of them
+    labels = torch.tensor([0, 0, 0, 0, 0, 1, 0, 1, 2, 3])
+    rows = [torch.tensor([0, 1]), torch.tensor([4, 5]), torch.tensor([6, 7, 8, 9])]
+    entropy = torch.tensor([0.0, math.log(2), math.log(4)])
+    residual = fedns_screen.entropy_residual((1 + entropy).exp(), labels, rows, 4)
+    assert residual.abs().max() < 1e-5
