@@ -125,6 +125,6 @@ def screened(inner: Strategy, screen: FedNS) -> Strategy:
 
 
 def screened_spec(spec: StrategySpec) -> StrategySpec:
-    """The spec of a strategy with FedNS on it; Flower's clients do not report the score."""
-    return replace(spec, build=lambda config, setup: screened(spec.build(config, setup), config.noise_screen),
-                   flower=False)
+    """The spec of a strategy with FedNS on it (registry.build applies the screen itself): Flower's
+    clients do not report the score."""
+    return replace(spec, flower=False)
