@@ -3,7 +3,8 @@
 - anchors: DP-SGD on MNIST, one client holding all training data (test_fraction 0.001 keeps 60
   images as its own test split; the table reports MNIST's 10,000 test images), at the ε (δ = 1e-5)
   of TensorFlow Privacy's tutorial and Opacus's MNIST example, σ found by the RDP accountant for the
-  epochs and batch given. fedbridge's DP-SGD runs on MLPs (the anchors used CNNs).
+  epochs and batch used: the sources' own (--their-settings) or the flags'. Model: their CNN (dp-cnn)
+  by default.
 - federation: 100 MNIST clients of 600 images (90 clean, 10 with symmetric label noise 0.5),
   client_fraction 0.1, FedAvg with client-level DP at ε in {inf, 8, 4, 2, 1}: the clean and the noisy
   clients' own-test accuracy, the clean test accuracy and the detection scores' last ROC-AUC.
@@ -12,8 +13,8 @@
 
 Each finished run is appended to a JSON-lines file; `--table` prints the Markdown tables of what is there.
 
-    python -m benchmarks.privacy anchors --epochs 5 --out benchmarks/results/privacy.jsonl
-    python -m benchmarks.privacy anchors --own-epochs --sources "TF Privacy" --out benchmarks/results/privacy.jsonl
+    python -m benchmarks.privacy anchors --their-settings --out benchmarks/results/privacy.jsonl
+    python -m benchmarks.privacy anchors --model mlp --epochs 5 --lr 0.5 --batch-size 256 --out benchmarks/results/privacy.jsonl
     python -m benchmarks.privacy federation --rounds 50 --out benchmarks/results/privacy.jsonl
     python -m benchmarks.privacy seed --out benchmarks/results/privacy.jsonl
     python -m benchmarks.privacy --table benchmarks/results/privacy.jsonl
@@ -21,9 +22,11 @@ Each finished run is appended to a JSON-lines file; `--table` prints the Markdow
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,21 +38,42 @@ from fedbridge.privacy import accountant, budget
 from fedbridge.study import run_study
 
 ROOT = Path(__file__).parent.parent
-# (source, its reported ε at δ = 1e-5, its reported accuracy %, its epochs where this benchmark knows them)
-ANCHORS = [("TF Privacy", 1.20, 95.0, 15), ("TF Privacy", 2.92, 96.6, 60), ("TF Privacy", 9.74, 97.3, 45),
-           ("Opacus", 1.19, 94.63, None), ("Opacus", 3.01, 96.78, None), ("Opacus", 7.10, 97.09, None)]
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A published DP-SGD result on MNIST (δ = 1e-5) and the settings it was trained with: TF Privacy's
+    tutorials/README.md table (batch 256, 256 microbatches) and Opacus's examples/mnist_README.md
+    (Poisson sampling at 0.004, an expected batch of 240), both plain SGD on their small CNN (dp-cnn)."""
+
+    source: str
+    epsilon: float
+    accuracy: float  # % on MNIST's test set, their mean over 10 runs
+    epochs: int
+    lr: float
+    noise_multiplier: float  # theirs; fedbridge calibrates its own σ for the same ε
+    clip: float
+    batch_size: int
+
+
+ANCHORS = [Anchor("TF Privacy", 1.20, 95.0, 10, 0.32, 1.2, 1.0, 256),
+           Anchor("TF Privacy", 2.92, 96.6, 60, 0.08, 1.12, 1.0, 256),
+           Anchor("TF Privacy", 9.74, 97.3, 30, 0.4, 0.6, 1.0, 256),
+           Anchor("Opacus", 1.19, 94.63, 15, 0.25, 1.3, 1.5, 240),
+           Anchor("Opacus", 3.01, 96.78, 60, 0.15, 1.1, 1.0, 240),
+           Anchor("Opacus", 7.10, 97.09, 45, 0.25, 0.7, 1.5, 240)]
 EPSILONS: list = [None, "clip", 8.0, 4.0, 2.0, 1.0]  # None: no DP; "clip": the clipped mean alone, no noise
 DELTA = 1e-5
 FEDERATION_CLIENTS = [{"count": 90, "profile": "clean"}, {"count": 10, "profile": {"name": "symmetric", "rate": 0.5}}]
 
 
-def anchor_experiment(sigma: float, epochs: int, args) -> dict:
+def anchor_experiment(sigma: float, epochs: int, lr: float, clip: float, batch_size: int, model: str) -> dict:
     return {
         "name": "privacy-anchor", "data": {"name": "mnist"}, "partition": {"name": "iid"},
-        "clients": [{"count": 1}], "test_fraction": 0.001, "model": args.model,
-        "train": {"optimizer": "sgd", "lr": args.lr, "batch_size": args.batch_size, "rounds": epochs},
+        "clients": [{"count": 1}], "test_fraction": 0.001, "model": model,
+        "train": {"optimizer": "sgd", "lr": lr, "batch_size": batch_size, "rounds": epochs},
         "baselines": [], "eval": {"every": epochs, "cross_clients": False},
-        "privacy": {"level": "sample", "noise_multiplier": sigma, "clip": args.clip},
+        "privacy": {"level": "sample", "noise_multiplier": sigma, "clip": clip},
     }
 
 
@@ -86,20 +110,31 @@ def _append(out: Path, line: dict) -> None:
     print(json.dumps(line))
 
 
+def _settings(anchor: Anchor, args) -> dict:
+    """What an anchor trains with: its source's epochs, lr, clip and batch (--their-settings), or the flags'."""
+    if args.their_settings:
+        return {"epochs": anchor.epochs, "lr": anchor.lr, "clip": anchor.clip, "batch_size": anchor.batch_size}
+    return {"epochs": args.epochs, "lr": args.lr, "clip": args.clip, "batch_size": args.batch_size}
+
+
 def anchors(args) -> None:
+    """Each chosen anchor once; one already in --out with the same settings is skipped (a stopped
+    benchmark re-run with the same command carries on)."""
     n = 60_000 - round(0.001 * 60_000)
-    for source, target, reported, own in [a for a in ANCHORS if a[0] in args.sources]:
-        if args.own_epochs and own is None:
-            print(f"{source} ε = {target}: its epochs are not known here; skipped (run it with --epochs N)")
+    done = [json.loads(t) for t in args.out.read_text().splitlines() if t.strip()] if args.out.exists() else []
+    for anchor in [a for a in ANCHORS if a.source in args.sources and (not args.targets or a.epsilon in args.targets)]:
+        run = {**_settings(anchor, args), "model": args.model}
+        key = {"table": "anchors", "source": anchor.source, "target_epsilon": anchor.epsilon, **run}
+        if any(all(line.get(k) == v for k, v in key.items()) for line in done):
+            print(f"{anchor.source} ε = {anchor.epsilon}: already in {args.out}; skipped")
             continue
-        epochs = own if args.own_epochs else args.epochs
-        mech = budget.sample_mechanism(n, args.batch_size, 1)
-        sigma = accountant.calibrate(target, mech, epochs, DELTA, "rdp")
-        summary, seconds = _train(anchor_experiment(sigma, epochs, args), args.data_dir)
-        _append(args.out, {"table": "anchors", "source": source, "target_epsilon": target, "reported": reported,
-                           "epsilon": summary["privacy"]["epsilon"], "sigma": sigma, "epochs": epochs,
-                           "batch_size": args.batch_size, "lr": args.lr, "clip": args.clip, "model": args.model,
-                           "accuracy": _accuracy(summary, "fedavg", "clean"), "seconds": seconds})
+        mech = budget.sample_mechanism(n, run["batch_size"], 1)
+        sigma = accountant.calibrate(anchor.epsilon, mech, run["epochs"], DELTA, "rdp")
+        summary, seconds = _train(anchor_experiment(sigma, **run), args.data_dir)
+        _append(args.out, {**key, "reported": anchor.accuracy, "their_sigma": anchor.noise_multiplier,
+                           "epsilon": summary["privacy"]["epsilon"], "sigma": sigma,
+                           "accuracy": _accuracy(summary, "fedavg", "clean"), "seconds": seconds,
+                           "seconds_per_epoch": seconds / run["epochs"], "load": os.getloadavg()[0]})
 
 
 def _utility_line(name: str, summary: dict, method: str, epsilon: float | None, noisy: set[int], seconds: float) -> dict:
@@ -149,12 +184,12 @@ def table(paths: list[Path]) -> None:
     lines = [json.loads(t) for p in paths for t in p.read_text().splitlines() if t.strip()]
     anchor = [x for x in lines if x["table"] == "anchors"]
     if anchor:
-        print("| source | reported ε | its accuracy | fedbridge σ | fedbridge ε | fedbridge accuracy | gap | epochs, batch, lr, model |")
+        print("| source | reported ε | its accuracy | fedbridge σ | fedbridge ε | fedbridge accuracy | gap | epochs, batch, lr, clip, model |")
         print("|---|---|---|---|---|---|---|---|")
         for x in anchor:
             print(f"| {x['source']} | {x['target_epsilon']} | {x['reported']} | {x['sigma']:.3f} | {x['epsilon']:.2f} | "
                   f"{x['accuracy']:.2f} | {x['accuracy'] - x['reported']:+.2f} | {x['epochs']}, {x['batch_size']}, "
-                  f"{x['lr']}, {x['model']} |")
+                  f"{x['lr']}, {x['clip']}, {x['model']} |")
     for name in ("seed", "federation"):
         rows = [x for x in lines if x["table"] == name]
         if not rows:
@@ -182,14 +217,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "privacy.jsonl")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--epochs", type=positive_int, default=15, help="anchors: DP-SGD epochs")
+    parser.add_argument("--their-settings", action="store_true",
+                        help="anchors: each at its source's epochs, lr, clip and batch (overrides those flags)")
+    parser.add_argument("--targets", nargs="+", type=positive_float, default=None,
+                        help="anchors: only those of these reported ε (e.g. 1.2 1.19)")
     parser.add_argument("--rounds", type=positive_int, default=50, help="federation and seed: rounds")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="anchors: batch")
     parser.add_argument("--lr", type=positive_float, default=None, help="default: 0.5 for anchors, 0.05 for federation")
     parser.add_argument("--clip", type=positive_float, default=1.0)
-    parser.add_argument("--model", default="mlp", choices=["mlp", "2nn"])
+    parser.add_argument("--model", default="dp-cnn", choices=["dp-cnn", "mlp", "2nn", "cnn"],
+                        help="anchors: dp-cnn is the tutorials' CNN")
     parser.add_argument("--accountant", default="pld", choices=["rdp", "pld"], help="federation and seed")
     parser.add_argument("--threads", type=positive_int, default=1)
-    parser.add_argument("--own-epochs", action="store_true", help="anchors: each at its source's epochs (TF Privacy's)")
     parser.add_argument("--sources", nargs="+", default=["TF Privacy", "Opacus"], choices=["TF Privacy", "Opacus"],
                         help="anchors: whose figures to run against")
     parser.add_argument("--epsilons", nargs="+", default=EPSILONS, type=_epsilon,
