@@ -17,6 +17,7 @@ Each finished run is appended to a JSON-lines file; `--table` prints the Markdow
     python -m benchmarks.privacy anchors --model mlp --epochs 5 --lr 0.5 --batch-size 256 --out benchmarks/results/privacy.jsonl
     python -m benchmarks.privacy federation --rounds 50 --out benchmarks/results/privacy.jsonl
     python -m benchmarks.privacy seed --out benchmarks/results/privacy.jsonl
+    python -m benchmarks.privacy steps --batch-size 256
     python -m benchmarks.privacy --table benchmarks/results/privacy.jsonl
 """
 
@@ -170,6 +171,40 @@ def seed(args) -> None:
         _append(args.out, {**_utility_line("seed", summary, "fedavg", epsilon, {2}, seconds), "clip": args.clip})
 
 
+def steps(args) -> None:
+    """One DP-SGD step's per-example gradients on dp-cnn (batch --batch-size, 28x28), side by side with
+    the same step without DP (one autograd backward of the mean loss): through the Linear/Conv2d
+    formulas and through torch.func's vmap."""
+    from torch.nn import functional as F
+
+    from fedbridge import losses, per_sample
+    from fedbridge.models import build_model
+
+    model = build_model("dp-cnn", (1, 28, 28), 10)
+    b = args.batch_size
+    params = {n: t.detach().unsqueeze(0) for n, t in model.state_dict().items()}
+    x, y = torch.rand(1, b, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.arange(b).remainder(10).view(1, b)
+
+    def plain():
+        model.zero_grad()
+        F.cross_entropy(model(x[0]), y[0]).backward()
+
+    ways = {"without DP (autograd)": plain,
+            "DP, Linear/Conv2d formulas": lambda: per_sample.per_example_grads(model, params, x, y),
+            "DP, torch.func vmap": lambda: per_sample._by_vmap(model, params, x, y, losses.CE)}
+    times = {}
+    for name, f in ways.items():
+        f()
+        start = time.perf_counter()
+        for _ in range(args.repeats):
+            f()
+        times[name] = (time.perf_counter() - start) / args.repeats
+    base = times["without DP (autograd)"]
+    for name, t in times.items():
+        print(f"{name}: {1000 * t:.1f} ms a step of {b}, {t / base:.2f}x; an MNIST epoch {t * 60_000 / b:.0f} s")
+    print(f"load {os.getloadavg()[0]:.1f}, {torch.get_num_threads()} thread(s)")
+
+
 def _epsilon(text: str) -> float | str | None:
     if text in ("inf", "clip"):
         return None if text == "inf" else text
@@ -212,7 +247,7 @@ def table(paths: list[Path]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", nargs="?", choices=["anchors", "federation", "seed"])
+    parser.add_argument("what", nargs="?", choices=["anchors", "federation", "seed", "steps"])
     parser.add_argument("--table", nargs="+", type=Path, help="print the tables of these results files")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "privacy.jsonl")
     parser.add_argument("--data-dir", type=Path, default=None)
@@ -229,6 +264,7 @@ def main() -> None:
                         help="anchors: dp-cnn is the tutorials' CNN")
     parser.add_argument("--accountant", default="pld", choices=["rdp", "pld"], help="federation and seed")
     parser.add_argument("--threads", type=positive_int, default=1)
+    parser.add_argument("--repeats", type=positive_int, default=10, help="steps: timed steps per way")
     parser.add_argument("--sources", nargs="+", default=["TF Privacy", "Opacus"], choices=["TF Privacy", "Opacus"],
                         help="anchors: whose figures to run against")
     parser.add_argument("--epsilons", nargs="+", default=EPSILONS, type=_epsilon,
@@ -237,11 +273,11 @@ def main() -> None:
     if args.table:
         return table(args.table)
     if args.what is None:
-        parser.error("say what to run (anchors, federation, seed) or --table FILE")
+        parser.error("say what to run (anchors, federation, seed, steps) or --table FILE")
     torch.set_num_threads(args.threads)
     args.out = results_file(args.out, "--out")
     args.lr = args.lr or (0.5 if args.what == "anchors" else 0.05)
-    {"anchors": anchors, "federation": federation, "seed": seed}[args.what](args)
+    {"anchors": anchors, "federation": federation, "seed": seed, "steps": steps}[args.what](args)
 
 
 if __name__ == "__main__":
