@@ -126,13 +126,15 @@ def anchors(args) -> None:
     for anchor in [a for a in ANCHORS if a.source in args.sources and (not args.targets or a.epsilon in args.targets)]:
         run = {**_settings(anchor, args), "model": args.model}
         key = {"table": "anchors", "source": anchor.source, "target_epsilon": anchor.epsilon, **run}
-        if any(all(line.get(k) == v for k, v in key.items()) for line in done):
+        if any(all(line.get(k) == v for k, v in key.items()) and (line.get("their_sigma") is True) == args.their_sigma
+               for line in done):
             print(f"{anchor.source} ε = {anchor.epsilon}: already in {args.out}; skipped")
             continue
         mech = budget.sample_mechanism(n, run["batch_size"], 1)
-        sigma = accountant.calibrate(anchor.epsilon, mech, run["epochs"], DELTA, "rdp")
+        sigma = (anchor.noise_multiplier if args.their_sigma
+                 else accountant.calibrate(anchor.epsilon, mech, run["epochs"], DELTA, "rdp"))
         summary, seconds = _train(anchor_experiment(sigma, **run), args.data_dir)
-        _append(args.out, {**key, "reported": anchor.accuracy, "their_sigma": anchor.noise_multiplier,
+        _append(args.out, {**key, "reported": anchor.accuracy, "their_sigma": args.their_sigma,
                            "epsilon": summary["privacy"]["epsilon"], "sigma": sigma,
                            "accuracy": _accuracy(summary, "fedavg", "clean"), "seconds": seconds,
                            "seconds_per_epoch": seconds / run["epochs"], "load": os.getloadavg()[0]})
@@ -222,7 +224,8 @@ def table(paths: list[Path]) -> None:
         print("| source | reported ε | its accuracy | fedbridge σ | fedbridge ε | fedbridge accuracy | gap | epochs, batch, lr, clip, model |")
         print("|---|---|---|---|---|---|---|---|")
         for x in anchor:
-            print(f"| {x['source']} | {x['target_epsilon']} | {x['reported']} | {x['sigma']:.3f} | {x['epsilon']:.2f} | "
+            theirs = " (theirs)" if x.get("their_sigma") is True else ""
+            print(f"| {x['source']} | {x['target_epsilon']} | {x['reported']} | {x['sigma']:.3f}{theirs} | {x['epsilon']:.2f} | "
                   f"{x['accuracy']:.2f} | {x['accuracy'] - x['reported']:+.2f} | {x['epochs']}, {x['batch_size']}, "
                   f"{x['lr']}, {x['clip']}, {x['model']} |")
     for name in ("seed", "federation"):
@@ -254,6 +257,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=positive_int, default=15, help="anchors: DP-SGD epochs")
     parser.add_argument("--their-settings", action="store_true",
                         help="anchors: each at its source's epochs, lr, clip and batch (overrides those flags)")
+    parser.add_argument("--their-sigma", action="store_true",
+                        help="anchors: train with the source's σ (the same mechanism; fedbridge's accountant then "
+                             "reports its own, smaller, ε) instead of the σ that reaches the reported ε")
     parser.add_argument("--targets", nargs="+", type=positive_float, default=None,
                         help="anchors: only those of these reported ε (e.g. 1.2 1.19)")
     parser.add_argument("--rounds", type=positive_int, default=50, help="federation and seed: rounds")

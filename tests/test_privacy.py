@@ -312,10 +312,15 @@ def test_the_privacy_benchmark_prints_its_tables_and_refuses_a_bad_epsilon(tmp_p
     results.write_text(json.dumps({
         "table": "federation", "target_epsilon": 8.0, "epsilon": 7.94, "sigma": 0.806, "accountant": "pld",
         "clean_own": 74.09, "noisy_own": 39.5, "alone_clean_own": None, "alone_noisy_own": None, "clean_test": 74.73,
-        "detection_last_auc": {"loss": 1.0, "update_norm": 0.05, "disagreement": 0.0}, "rounds": 50, "seconds": 1.0}) + "\n")
+        "detection_last_auc": {"loss": 1.0, "update_norm": 0.05, "disagreement": 0.0}, "rounds": 50, "seconds": 1.0}) + "\n"
+        + json.dumps({"table": "anchors", "source": "Opacus", "target_epsilon": 1.19, "reported": 94.63, "sigma": 1.3,
+                      "their_sigma": True, "epsilon": 0.92, "accuracy": 94.0, "epochs": 15, "batch_size": 240, "lr": 0.25,
+                      "clip": 1.5, "model": "dp-cnn"}) + "\n")
     monkeypatch.setattr("sys.argv", ["privacy", "--table", str(results)])
     bench.main()
-    assert "| 8.0 | 7.94 (PLD) | 0.806 | 74.1 | 39.5 | 74.7 | 1.00 / 0.05 / 0.00 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| 8.0 | 7.94 (PLD) | 0.806 | 74.1 | 39.5 | 74.7 | 1.00 / 0.05 / 0.00 |" in printed
+    assert "| Opacus | 1.19 | 94.63 | 1.300 (theirs) | 0.92 | 94.00 | -0.63 | 15, 240, 0.25, 1.5, dp-cnn |" in printed
     monkeypatch.setattr("sys.argv", ["privacy", "federation", "--epsilons", "-1"])
     with pytest.raises(SystemExit) as exit_:
         bench.main()
