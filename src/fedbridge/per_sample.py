@@ -4,9 +4,10 @@ L2 norm C, their sum noised with N(0, σ²C²) per coordinate and divided by the
 The MLP kernels get the clipped sum from ghost norms without materialising per-example gradients
 (kernels.clipped_backward); a model with convolutions, or any other layer those kernels do not
 cover, takes this path. Each example's gradient is that of its own loss through the whole model,
-body and head, so its norm is exact for every layer torch.func can differentiate; the per-example
-gradients are materialised a slice of the batch at a time (SLICE_BYTES), so McMahan's 1.6M-parameter
-CNN fits as well as the tutorials' 26k one. Clients of a chunk are one more vmap level.
+body and head, so its norm is exact. Linear and Conv2d layers get it from one batched backward
+(`_from_layers`), a Linear layer's without making it (`Outer`); any other layer through torch.func,
+whose per-example gradients are made a slice of the batch at a time (SLICE_BYTES). Clients of a
+chunk are one more vmap level there, a loop on the layer path.
 
 A model whose output for one example depends on the rest of its batch (BatchNorm) has no
 per-example gradient, and one that draws random masks (Dropout) would need each example's mask
@@ -14,6 +15,7 @@ from the client's own generator: both are refused before anything trains (`refus
 """
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,12 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from fedbridge import losses, optim
+from fedbridge import losses, optim, pooling
 from fedbridge.generic import trainable
 from fedbridge.optim import Params
 
-# per-example gradients held at once: a slice of the batch of at most this many bytes (the CNN of the
-# DP-SGD tutorials, 26k parameters, takes a batch of 256 whole; McMahan's CNN slices of 20)
+# per-example gradients torch.func holds at once: a slice of the batch of at most this many bytes
+# (a 26k-parameter model takes a batch of 256 whole, McMahan's 1.66M-parameter CNN slices of 20)
 SLICE_BYTES = 128 * 2**20
 
 
@@ -51,13 +53,18 @@ def refusal(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
 
 def per_example_grads(
     model: nn.Module, params: Params, x: torch.Tensor, labels: torch.Tensor, loss: Any = losses.CE,
+    fast: nn.Module | None = None,
 ) -> tuple[Params, torch.Tensor]:
     """Each example's gradient [K, B, ...] of its own loss w.r.t. the trainable parameters, and the
-    losses [K, B], for K stacked models `params` on their inputs x [K, B, ...]."""
+    losses [K, B], for K stacked models `params` on their inputs x [K, B, ...]. `fast`: the same model
+    with channels-last max pools (pooling.with_fast_pools: same values and gradients), for the layer
+    formulas; torch.func cannot take it."""
     if layered(model):
-        found = [_from_layers(model, {n: p[k] for n, p in params.items()}, x[k], labels[k], loss) for k in range(len(x))]
+        found = [_from_layers(fast or model, {n: p[k] for n, p in params.items()}, x[k], labels[k], loss)
+                 for k in range(len(x))]
         if all(f is not None for f in found):
-            return {n: torch.stack([g[n] for g, _ in found]) for n in found[0][0]}, torch.stack([v for _, v in found])
+            dense = [{n: g.dense() if isinstance(g, Outer) else g for n, g in grads.items()} for grads, _ in found]
+            return {n: torch.stack([d[n] for d in dense]) for n in dense[0]}, torch.stack([v for _, v in found])
     return _by_vmap(model, params, x, labels, loss)
 
 
@@ -75,9 +82,29 @@ def layered(model: nn.Module) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Outer:
+    """Each example's gradient g_i^T a_i [B, out, in] of a Linear layer on one input vector, kept as
+    its factors g [B, out] and a [B, in]: its norm is ||g_i|| ||a_i|| and a weighted sum over the
+    batch is one matmul, so it need not be made (for the tutorials' CNN its 32x512 layer was most of
+    the per-example floats)."""
+
+    g: torch.Tensor
+    a: torch.Tensor
+
+    def dense(self) -> torch.Tensor:
+        return torch.bmm(self.g.unsqueeze(2), self.a.unsqueeze(1))
+
+    def squared_norms(self) -> torch.Tensor:
+        return self.g.square().sum(1) * self.a.square().sum(1)
+
+    def weighted_sum(self, weight: torch.Tensor) -> torch.Tensor:
+        return (self.g * weight.unsqueeze(1)).T @ self.a
+
+
 def _from_layers(
     model: nn.Module, params: Params, x: torch.Tensor, labels: torch.Tensor, loss: Any,
-) -> tuple[Params, torch.Tensor] | None:
+) -> tuple[dict[str, torch.Tensor | Outer], torch.Tensor] | None:
     """One client's per-example gradients [B, ...] from one batched forward and backward, as Opacus
     computes them: a Linear layer's weight gradient for example i is g_i^T a_i (its output gradient
     and input), a Conv2d's is g_i times the unfolded input patches of example i; biases sum g_i. The
@@ -106,9 +133,11 @@ def _from_layers(
             g = g.flatten(2)  # [B, out, L]
             weight = torch.bmm(g, patches.transpose(1, 2)).view(len(a), *module.weight.shape)
             bias = g.sum(2)
-        else:
+        elif g.dim() == 2:
+            weight, bias = Outer(g, a), g
+        else:  # a Linear layer over a sequence: its positions' outer products summed per example
             weight = torch.einsum("b...o,b...i->boi", g, a)
-            bias = g.sum(tuple(range(1, g.dim() - 1))) if g.dim() > 2 else g
+            bias = g.sum(tuple(range(1, g.dim() - 1)))
         prefix = f"{name}." if name else ""
         grads[f"{prefix}weight"] = weight
         if module.bias is not None:
@@ -142,20 +171,35 @@ def clip_scale(grads: Params, clip: float) -> torch.Tensor:
 
 def clipped_sum(
     model: nn.Module, params: Params, x: torch.Tensor, labels: torch.Tensor, real: torch.Tensor, clip: float,
-    loss: Any = losses.CE,
+    loss: Any = losses.CE, fast: nn.Module | None = None,
 ) -> tuple[torch.Tensor, Params]:
     """Each client's summed loss [K] over its real examples (real [K, B]: 1, or 0 on padding) and the
     sum of their gradients, each clipped to L2 norm `clip` [K, ...]."""
+    if layered(model):
+        found = [_from_layers(fast or model, {n: p[k] for n, p in params.items()}, x[k], labels[k], loss)
+                 for k in range(len(x))]
+        if all(f is not None for f in found):
+            sums = [_clipped(grads, clip, real[k]) for k, (grads, _) in enumerate(found)]
+            total = torch.stack([(values * real[k]).sum() for k, (_, values) in enumerate(found)])
+            return total, {n: torch.stack([one[n] for one in sums]) for n in sums[0]}
     size = 4 * x.shape[0] * sum(params[n][0].numel() for n in trainable(model))
     step = max(1, SLICE_BYTES // size)
     total, summed = torch.zeros(x.shape[0]), None
     for lo in range(0, x.shape[1], step):
-        grads, values = per_example_grads(model, params, x[:, lo : lo + step], labels[:, lo : lo + step], loss)
-        weight = clip_scale(grads, clip) * real[:, lo : lo + step]
-        part = {n: torch.einsum("kb,kb...->k...", weight, g) for n, g in grads.items()}
+        grads, values = _by_vmap(model, params, x[:, lo : lo + step], labels[:, lo : lo + step], loss)
+        weight = (clip_scale(grads, clip) * real[:, lo : lo + step]).unsqueeze(1)  # [K, 1, B]
+        part = {n: torch.bmm(weight, g.flatten(2)).view(g.shape[0], *g.shape[2:]) for n, g in grads.items()}
         summed = part if summed is None else {n: summed[n] + part[n] for n in summed}
         total += (values * real[:, lo : lo + step]).sum(1).to(total.device)
     return total, summed
+
+
+def _clipped(grads: dict[str, torch.Tensor | Outer], clip: float, real: torch.Tensor) -> Params:
+    """One client's sum of its examples' gradients (dense [B, ...] or Outer), each clipped to `clip`."""
+    squared = sum(g.squared_norms() if isinstance(g, Outer) else g.flatten(1).square().sum(1) for g in grads.values())
+    weight = (clip / squared.sqrt().clamp_min(1e-12)).clamp_max(1.0) * real
+    return {n: g.weighted_sum(weight) if isinstance(g, Outer) else (weight @ g.flatten(1)).view(g.shape[1:])
+            for n, g in grads.items()}
 
 
 def noised_mean(
@@ -181,13 +225,14 @@ def dp_sgd_steps(
     # a copy of its own: functional_call swaps the module's parameters and the hooks live on it, while
     # the worker threads of local_update train other clients with the same model
     model = copy.deepcopy(model)
+    fast = pooling.with_fast_pools(copy.deepcopy(model))
     state = optim.init_state({n: params[n] for n in trainable(model)}, optimizer)
     flat = images.flatten(1)
     loss_sum = torch.zeros(steps_rows.shape[1])
     for rows, labels, real in zip(steps_rows, steps_labels, weights):
         x = torch.index_select(flat, 0, rows.reshape(-1)).view(*rows.shape, *images.shape[1:])
         counts = real.sum(1)
-        summed_loss, summed = clipped_sum(model, params, x, labels, real, clip, loss)
+        summed_loss, summed = clipped_sum(model, params, x, labels, real, clip, loss, fast)
         grads = noised_mean(summed, clip, noise_multiplier, batch_size, generators)
         loss_sum += summed_loss / counts.clamp_min(1)
         if adjust is not None:
