@@ -1,5 +1,6 @@
-"""DP-SGD for any nn.Module: per-example gradients by torch.func (vmap over grad), each clipped to
-L2 norm C, their sum noised with N(0, σ²C²) per coordinate and divided by the batch size.
+"""DP-SGD for any nn.Module: each example's gradient (from Linear and Conv2d layers' inputs and
+output gradients, or torch.func's vmap over grad) clipped to L2 norm C, their sum noised with
+N(0, σ²C²) per coordinate and divided by the batch size.
 
 The MLP kernels get the clipped sum from ghost norms without materialising per-example gradients
 (kernels.clipped_backward); a model with convolutions, or any other layer those kernels do not
