@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from benchmarks import entry, positive_float, positive_int, results_file
+from benchmarks import entry, non_negative_int, positive_float, positive_int, results_file
 from fedbridge.experiment import load_experiment, validate
 from fedbridge.privacy import accountant, budget
 from fedbridge.study import run_study
@@ -68,9 +68,9 @@ DELTA = 1e-5
 FEDERATION_CLIENTS = [{"count": 90, "profile": "clean"}, {"count": 10, "profile": {"name": "symmetric", "rate": 0.5}}]
 
 
-def anchor_experiment(sigma: float, epochs: int, lr: float, clip: float, batch_size: int, model: str) -> dict:
+def anchor_experiment(sigma: float, epochs: int, lr: float, clip: float, batch_size: int, model: str, seed: int = 0) -> dict:
     return {
-        "name": "privacy-anchor", "data": {"name": "mnist"}, "partition": {"name": "iid"},
+        "name": "privacy-anchor", "seed": seed, "data": {"name": "mnist"}, "partition": {"name": "iid"},
         "clients": [{"count": 1}], "test_fraction": 0.001, "model": model,
         "train": {"optimizer": "sgd", "lr": lr, "batch_size": batch_size, "rounds": epochs},
         "baselines": [], "eval": {"every": epochs, "cross_clients": False},
@@ -124,9 +124,11 @@ def anchors(args) -> None:
     n = 60_000 - round(0.001 * 60_000)
     done = [json.loads(t) for t in args.out.read_text().splitlines() if t.strip()] if args.out.exists() else []
     for anchor in [a for a in ANCHORS if a.source in args.sources and (not args.targets or a.epsilon in args.targets)]:
-        run = {**_settings(anchor, args), "model": args.model}
+        run = {**_settings(anchor, args), "model": args.model, "seed": args.seed}
         key = {"table": "anchors", "source": anchor.source, "target_epsilon": anchor.epsilon, **run}
-        if any(all(line.get(k) == v for k, v in key.items()) and (line.get("their_sigma") is True) == args.their_sigma
+        # a line from before seeds were recorded ran seed 0
+        if any(all(line.get(k, 0 if k == "seed" else None) == v for k, v in key.items())
+               and (line.get("their_sigma") is True) == args.their_sigma
                for line in done):
             print(f"{anchor.source} ε = {anchor.epsilon}: already in {args.out}; skipped")
             continue
@@ -227,13 +229,13 @@ def table(paths: list[Path]) -> None:
     lines = [json.loads(t) for p in paths for t in p.read_text().splitlines() if t.strip()]
     anchor = [x for x in lines if x["table"] == "anchors"]
     if anchor:
-        print("| source | reported ε | its accuracy | fedbridge σ | fedbridge ε | fedbridge accuracy | gap | epochs, batch, lr, clip, model |")
+        print("| source | reported ε | its accuracy | fedbridge σ | fedbridge ε | fedbridge accuracy | gap | epochs, batch, lr, clip, model, seed |")
         print("|---|---|---|---|---|---|---|---|")
         for x in anchor:
             theirs = " (theirs)" if x.get("their_sigma") is True else ""
             print(f"| {x['source']} | {x['target_epsilon']} | {x['reported']} | {x['sigma']:.3f}{theirs} | {x['epsilon']:.2f} | "
                   f"{x['accuracy']:.2f} | {x['accuracy'] - x['reported']:+.2f} | {x['epochs']}, {x['batch_size']}, "
-                  f"{x['lr']}, {x['clip']}, {x['model']} |")
+                  f"{x['lr']}, {x['clip']}, {x['model']}, {x.get('seed', 0)} |")
     for name in ("seed", "federation"):
         rows = [x for x in lines if x["table"] == name]
         if not rows:
@@ -266,6 +268,7 @@ def main() -> None:
     parser.add_argument("--their-sigma", action="store_true",
                         help="anchors: train with the source's σ (the same mechanism; fedbridge's accountant then "
                              "reports its own, smaller, ε) instead of the σ that reaches the reported ε")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="anchors: the run's seed")
     parser.add_argument("--targets", nargs="+", type=positive_float, default=None,
                         help="anchors: only those of these reported ε (e.g. 1.2 1.19)")
     parser.add_argument("--rounds", type=positive_int, default=50, help="federation and seed: rounds")

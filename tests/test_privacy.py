@@ -320,7 +320,7 @@ def test_the_privacy_benchmark_prints_its_tables_and_refuses_a_bad_epsilon(tmp_p
     bench.main()
     printed = capsys.readouterr().out
     assert "| 8.0 | 7.94 (PLD) | 0.806 | 74.1 | 39.5 | 74.7 | 1.00 / 0.05 / 0.00 |" in printed
-    assert "| Opacus | 1.19 | 94.63 | 1.300 (theirs) | 0.92 | 94.00 | -0.63 | 15, 240, 0.25, 1.5, dp-cnn |" in printed
+    assert "| Opacus | 1.19 | 94.63 | 1.300 (theirs) | 0.92 | 94.00 | -0.63 | 15, 240, 0.25, 1.5, dp-cnn, 0 |" in printed
     monkeypatch.setattr("sys.argv", ["privacy", "federation", "--epsilons", "-1"])
     with pytest.raises(SystemExit) as exit_:
         bench.main()
