@@ -3,7 +3,8 @@
 - anchors: DP-SGD on MNIST, one client holding all training data (test_fraction 0.001 keeps 60
   images as its own test split; the table reports MNIST's 10,000 test images), at the ε (δ = 1e-5)
   of TensorFlow Privacy's tutorial and Opacus's MNIST example, σ found by the RDP accountant for the
-  epochs and batch given. fedbridge's DP-SGD runs on MLPs (the anchors used CNNs).
+  epochs and batch used: the sources' own (--their-settings) or the flags'. Model: their CNN (dp-cnn)
+  by default.
 - federation: 100 MNIST clients of 600 images (90 clean, 10 with symmetric label noise 0.5),
   client_fraction 0.1, FedAvg with client-level DP at ε in {inf, 8, 4, 2, 1}: the clean and the noisy
   clients' own-test accuracy, the clean test accuracy and the detection scores' last ROC-AUC.
@@ -12,44 +13,68 @@
 
 Each finished run is appended to a JSON-lines file; `--table` prints the Markdown tables of what is there.
 
-    python -m benchmarks.privacy anchors --epochs 5 --out benchmarks/results/privacy.jsonl
-    python -m benchmarks.privacy anchors --own-epochs --sources "TF Privacy" --out benchmarks/results/privacy.jsonl
+    python -m benchmarks.privacy anchors --their-settings --out benchmarks/results/privacy.jsonl
+    python -m benchmarks.privacy anchors --model mlp --epochs 5 --lr 0.5 --batch-size 256 --out benchmarks/results/privacy.jsonl
     python -m benchmarks.privacy federation --rounds 50 --out benchmarks/results/privacy.jsonl
     python -m benchmarks.privacy seed --out benchmarks/results/privacy.jsonl
+    python -m benchmarks.privacy steps --batch-size 256
     python -m benchmarks.privacy --table benchmarks/results/privacy.jsonl
 """
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from rich.console import Console
 
-from benchmarks import entry, positive_float, positive_int, results_file
+from benchmarks import entry, non_negative_int, positive_float, positive_int, results_file
 from fedbridge.experiment import load_experiment, validate
 from fedbridge.privacy import accountant, budget
 from fedbridge.study import run_study
 
 ROOT = Path(__file__).parent.parent
-# (source, its reported ε at δ = 1e-5, its reported accuracy %, its epochs where this benchmark knows them)
-ANCHORS = [("TF Privacy", 1.20, 95.0, 15), ("TF Privacy", 2.92, 96.6, 60), ("TF Privacy", 9.74, 97.3, 45),
-           ("Opacus", 1.19, 94.63, None), ("Opacus", 3.01, 96.78, None), ("Opacus", 7.10, 97.09, None)]
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A published DP-SGD result on MNIST (δ = 1e-5) and the settings it was trained with: TF Privacy's
+    tutorials/README.md table (batch 256, 256 microbatches) and Opacus's examples/mnist_README.md
+    (Poisson sampling at 0.004, an expected batch of 240), both plain SGD on their small CNN (dp-cnn)."""
+
+    source: str
+    epsilon: float
+    accuracy: float  # % on MNIST's test set, their mean over 10 runs
+    epochs: int
+    lr: float
+    noise_multiplier: float  # theirs; fedbridge calibrates its own σ for the same ε
+    clip: float
+    batch_size: int
+
+
+ANCHORS = [Anchor("TF Privacy", 1.20, 95.0, 10, 0.32, 1.2, 1.0, 256),
+           Anchor("TF Privacy", 2.92, 96.6, 60, 0.08, 1.12, 1.0, 256),
+           Anchor("TF Privacy", 9.74, 97.3, 30, 0.4, 0.6, 1.0, 256),
+           Anchor("Opacus", 1.19, 94.63, 15, 0.25, 1.3, 1.5, 240),
+           Anchor("Opacus", 3.01, 96.78, 60, 0.15, 1.1, 1.0, 240),
+           Anchor("Opacus", 7.10, 97.09, 45, 0.25, 0.7, 1.5, 240)]
 EPSILONS: list = [None, "clip", 8.0, 4.0, 2.0, 1.0]  # None: no DP; "clip": the clipped mean alone, no noise
 DELTA = 1e-5
 FEDERATION_CLIENTS = [{"count": 90, "profile": "clean"}, {"count": 10, "profile": {"name": "symmetric", "rate": 0.5}}]
 
 
-def anchor_experiment(sigma: float, epochs: int, args) -> dict:
+def anchor_experiment(sigma: float, epochs: int, lr: float, clip: float, batch_size: int, model: str, seed: int = 0) -> dict:
     return {
-        "name": "privacy-anchor", "data": {"name": "mnist"}, "partition": {"name": "iid"},
-        "clients": [{"count": 1}], "test_fraction": 0.001, "model": args.model,
-        "train": {"optimizer": "sgd", "lr": args.lr, "batch_size": args.batch_size, "rounds": epochs},
+        "name": "privacy-anchor", "seed": seed, "data": {"name": "mnist"}, "partition": {"name": "iid"},
+        "clients": [{"count": 1}], "test_fraction": 0.001, "model": model,
+        "train": {"optimizer": "sgd", "lr": lr, "batch_size": batch_size, "rounds": epochs},
         "baselines": [], "eval": {"every": epochs, "cross_clients": False},
-        "privacy": {"level": "sample", "noise_multiplier": sigma, "clip": args.clip},
+        "privacy": {"level": "sample", "noise_multiplier": sigma, "clip": clip},
     }
 
 
@@ -86,20 +111,35 @@ def _append(out: Path, line: dict) -> None:
     print(json.dumps(line))
 
 
+def _settings(anchor: Anchor, args) -> dict:
+    """What an anchor trains with: its source's epochs, lr, clip and batch (--their-settings), or the flags'."""
+    if args.their_settings:
+        return {"epochs": anchor.epochs, "lr": anchor.lr, "clip": anchor.clip, "batch_size": anchor.batch_size}
+    return {"epochs": args.epochs, "lr": args.lr, "clip": args.clip, "batch_size": args.batch_size}
+
+
 def anchors(args) -> None:
+    """Each chosen anchor once; one already in --out with the same settings is skipped (a stopped
+    benchmark re-run with the same command carries on)."""
     n = 60_000 - round(0.001 * 60_000)
-    for source, target, reported, own in [a for a in ANCHORS if a[0] in args.sources]:
-        if args.own_epochs and own is None:
-            print(f"{source} ε = {target}: its epochs are not known here; skipped (run it with --epochs N)")
+    done = [json.loads(t) for t in args.out.read_text().splitlines() if t.strip()] if args.out.exists() else []
+    for anchor in [a for a in ANCHORS if a.source in args.sources and (not args.targets or a.epsilon in args.targets)]:
+        run = {**_settings(anchor, args), "model": args.model, "seed": args.seed}
+        key = {"table": "anchors", "source": anchor.source, "target_epsilon": anchor.epsilon, **run}
+        # a line from before seeds were recorded ran seed 0
+        if any(all(line.get(k, 0 if k == "seed" else None) == v for k, v in key.items())
+               and (line.get("their_sigma") is True) == args.their_sigma
+               for line in done):
+            print(f"{anchor.source} ε = {anchor.epsilon}: already in {args.out}; skipped")
             continue
-        epochs = own if args.own_epochs else args.epochs
-        mech = budget.sample_mechanism(n, args.batch_size, 1)
-        sigma = accountant.calibrate(target, mech, epochs, DELTA, "rdp")
-        summary, seconds = _train(anchor_experiment(sigma, epochs, args), args.data_dir)
-        _append(args.out, {"table": "anchors", "source": source, "target_epsilon": target, "reported": reported,
-                           "epsilon": summary["privacy"]["epsilon"], "sigma": sigma, "epochs": epochs,
-                           "batch_size": args.batch_size, "lr": args.lr, "clip": args.clip, "model": args.model,
-                           "accuracy": _accuracy(summary, "fedavg", "clean"), "seconds": seconds})
+        mech = budget.sample_mechanism(n, run["batch_size"], 1)
+        sigma = (anchor.noise_multiplier if args.their_sigma
+                 else accountant.calibrate(anchor.epsilon, mech, run["epochs"], DELTA, "rdp"))
+        summary, seconds = _train(anchor_experiment(sigma, **run), args.data_dir)
+        _append(args.out, {**key, "reported": anchor.accuracy, "their_sigma": args.their_sigma,
+                           "epsilon": summary["privacy"]["epsilon"], "sigma": sigma,
+                           "accuracy": _accuracy(summary, "fedavg", "clean"), "seconds": seconds,
+                           "seconds_per_epoch": seconds / run["epochs"], "load": os.getloadavg()[0]})
 
 
 def _utility_line(name: str, summary: dict, method: str, epsilon: float | None, noisy: set[int], seconds: float) -> dict:
@@ -135,6 +175,46 @@ def seed(args) -> None:
         _append(args.out, {**_utility_line("seed", summary, "fedavg", epsilon, {2}, seconds), "clip": args.clip})
 
 
+def steps(args) -> None:
+    """One DP-SGD step's clipped per-example sum on dp-cnn (batch --batch-size, 28x28), side by side with
+    the same step without DP (one autograd backward of the mean loss): through the Linear/Conv2d
+    formulas (what training runs), and torch.func's vmap's per-example gradients alone (what a model
+    with other layers takes). CPU seconds of this process, which a loaded machine inflates less than
+    wall time."""
+    import copy
+
+    from torch.nn import functional as F
+
+    from fedbridge import losses, per_sample, pooling
+    from fedbridge.models import build_model
+
+    model = build_model("dp-cnn", (1, 28, 28), 10)
+    fast = pooling.with_fast_pools(copy.deepcopy(model))
+    b = args.batch_size
+    params = {n: t.detach().unsqueeze(0) for n, t in model.state_dict().items()}
+    x, y = torch.rand(1, b, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.arange(b).remainder(10).view(1, b)
+
+    def plain():
+        model.zero_grad()
+        F.cross_entropy(model(x[0]), y[0]).backward()
+
+    ways = {"without DP (autograd)": plain,
+            "DP, Linear/Conv2d formulas": lambda: per_sample.clipped_sum(model, params, x, y, torch.ones(1, b), 1.0,
+                                                                         fast=fast),
+            "DP, torch.func vmap (gradients only)": lambda: per_sample._by_vmap(model, params, x, y, losses.CE)}
+    times = {}
+    for name, f in ways.items():
+        f()
+        start = time.process_time()
+        for _ in range(args.repeats):
+            f()
+        times[name] = (time.process_time() - start) / args.repeats
+    base = times["without DP (autograd)"]
+    for name, t in times.items():
+        print(f"{name}: {1000 * t:.1f} CPU ms a step of {b}, {t / base:.2f}x; an MNIST epoch {t * 60_000 / b:.0f} CPU s")
+    print(f"load {os.getloadavg()[0]:.1f}, {torch.get_num_threads()} thread(s)")
+
+
 def _epsilon(text: str) -> float | str | None:
     if text in ("inf", "clip"):
         return None if text == "inf" else text
@@ -149,12 +229,13 @@ def table(paths: list[Path]) -> None:
     lines = [json.loads(t) for p in paths for t in p.read_text().splitlines() if t.strip()]
     anchor = [x for x in lines if x["table"] == "anchors"]
     if anchor:
-        print("| source | reported ε | its accuracy | fedbridge σ | fedbridge ε | fedbridge accuracy | gap | epochs, batch, lr, model |")
+        print("| source | reported ε | its accuracy | fedbridge σ | fedbridge ε | fedbridge accuracy | gap | epochs, batch, lr, clip, model, seed |")
         print("|---|---|---|---|---|---|---|---|")
         for x in anchor:
-            print(f"| {x['source']} | {x['target_epsilon']} | {x['reported']} | {x['sigma']:.3f} | {x['epsilon']:.2f} | "
+            theirs = " (theirs)" if x.get("their_sigma") is True else ""
+            print(f"| {x['source']} | {x['target_epsilon']} | {x['reported']} | {x['sigma']:.3f}{theirs} | {x['epsilon']:.2f} | "
                   f"{x['accuracy']:.2f} | {x['accuracy'] - x['reported']:+.2f} | {x['epochs']}, {x['batch_size']}, "
-                  f"{x['lr']}, {x['model']} |")
+                  f"{x['lr']}, {x['clip']}, {x['model']}, {x.get('seed', 0)} |")
     for name in ("seed", "federation"):
         rows = [x for x in lines if x["table"] == name]
         if not rows:
@@ -177,19 +258,28 @@ def table(paths: list[Path]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", nargs="?", choices=["anchors", "federation", "seed"])
+    parser.add_argument("what", nargs="?", choices=["anchors", "federation", "seed", "steps"])
     parser.add_argument("--table", nargs="+", type=Path, help="print the tables of these results files")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "privacy.jsonl")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--epochs", type=positive_int, default=15, help="anchors: DP-SGD epochs")
+    parser.add_argument("--their-settings", action="store_true",
+                        help="anchors: each at its source's epochs, lr, clip and batch (overrides those flags)")
+    parser.add_argument("--their-sigma", action="store_true",
+                        help="anchors: train with the source's σ (the same mechanism; fedbridge's accountant then "
+                             "reports its own, smaller, ε) instead of the σ that reaches the reported ε")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="anchors: the run's seed")
+    parser.add_argument("--targets", nargs="+", type=positive_float, default=None,
+                        help="anchors: only those of these reported ε (e.g. 1.2 1.19)")
     parser.add_argument("--rounds", type=positive_int, default=50, help="federation and seed: rounds")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="anchors: batch")
     parser.add_argument("--lr", type=positive_float, default=None, help="default: 0.5 for anchors, 0.05 for federation")
     parser.add_argument("--clip", type=positive_float, default=1.0)
-    parser.add_argument("--model", default="mlp", choices=["mlp", "2nn"])
+    parser.add_argument("--model", default="dp-cnn", choices=["dp-cnn", "mlp", "2nn", "cnn"],
+                        help="anchors: dp-cnn is the tutorials' CNN")
     parser.add_argument("--accountant", default="pld", choices=["rdp", "pld"], help="federation and seed")
     parser.add_argument("--threads", type=positive_int, default=1)
-    parser.add_argument("--own-epochs", action="store_true", help="anchors: each at its source's epochs (TF Privacy's)")
+    parser.add_argument("--repeats", type=positive_int, default=10, help="steps: timed steps per way")
     parser.add_argument("--sources", nargs="+", default=["TF Privacy", "Opacus"], choices=["TF Privacy", "Opacus"],
                         help="anchors: whose figures to run against")
     parser.add_argument("--epsilons", nargs="+", default=EPSILONS, type=_epsilon,
@@ -198,11 +288,11 @@ def main() -> None:
     if args.table:
         return table(args.table)
     if args.what is None:
-        parser.error("say what to run (anchors, federation, seed) or --table FILE")
+        parser.error("say what to run (anchors, federation, seed, steps) or --table FILE")
     torch.set_num_threads(args.threads)
     args.out = results_file(args.out, "--out")
     args.lr = args.lr or (0.5 if args.what == "anchors" else 0.05)
-    {"anchors": anchors, "federation": federation, "seed": seed}[args.what](args)
+    {"anchors": anchors, "federation": federation, "seed": seed, "steps": steps}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -248,8 +248,6 @@ privacy = { level = "sample", noise_multiplier = 1.0, clip = 1.0 }
     summary = json.loads((out / "summary.json").read_text())["privacy"]
     assert summary["clients"]["1"] > summary["clients"]["2"] > 0  # fewer examples: each step samples more of them
     assert set(summary["methods"]) == {"fedavg", "pooled"}  # training alone is not private
-    refused = run("run", config, "--set", "model=\"cnn\"", "--out", tmp_path / "cnn")
-    assert refused.exit_code == 2 and "model = 'cnn' has convolutions" in refused.output
 
 
 def test_dp_sgd_noise_has_std_sigma_c_over_the_batch_size_each_step():
@@ -314,11 +312,51 @@ def test_the_privacy_benchmark_prints_its_tables_and_refuses_a_bad_epsilon(tmp_p
     results.write_text(json.dumps({
         "table": "federation", "target_epsilon": 8.0, "epsilon": 7.94, "sigma": 0.806, "accountant": "pld",
         "clean_own": 74.09, "noisy_own": 39.5, "alone_clean_own": None, "alone_noisy_own": None, "clean_test": 74.73,
-        "detection_last_auc": {"loss": 1.0, "update_norm": 0.05, "disagreement": 0.0}, "rounds": 50, "seconds": 1.0}) + "\n")
+        "detection_last_auc": {"loss": 1.0, "update_norm": 0.05, "disagreement": 0.0}, "rounds": 50, "seconds": 1.0}) + "\n"
+        + json.dumps({"table": "anchors", "source": "Opacus", "target_epsilon": 1.19, "reported": 94.63, "sigma": 1.3,
+                      "their_sigma": True, "epsilon": 0.92, "accuracy": 94.0, "epochs": 15, "batch_size": 240, "lr": 0.25,
+                      "clip": 1.5, "model": "dp-cnn"}) + "\n")
     monkeypatch.setattr("sys.argv", ["privacy", "--table", str(results)])
     bench.main()
-    assert "| 8.0 | 7.94 (PLD) | 0.806 | 74.1 | 39.5 | 74.7 | 1.00 / 0.05 / 0.00 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| 8.0 | 7.94 (PLD) | 0.806 | 74.1 | 39.5 | 74.7 | 1.00 / 0.05 / 0.00 |" in printed
+    assert "| Opacus | 1.19 | 94.63 | 1.300 (theirs) | 0.92 | 94.00 | -0.63 | 15, 240, 0.25, 1.5, dp-cnn, 0 |" in printed
     monkeypatch.setattr("sys.argv", ["privacy", "federation", "--epsilons", "-1"])
     with pytest.raises(SystemExit) as exit_:
         bench.main()
     assert exit_.value.code == 2 and "--epsilons" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["fedper", "fedrep"])
+def test_fedper_and_fedrep_release_only_the_clipped_body_and_keep_their_heads(name):
+    from fedbridge.strategies.fedper import FEDPER
+    from fedbridge.strategies.fedrep import fedrep
+    from fedbridge.strategies.local_only import own
+
+    m, d = 2, 4
+    ids = torch.arange(m)
+    privacy = Privacy(level="client", noise_multiplier=1.0, clip=0.1)
+
+    def train(start, adjust=None, epochs=None, copy=0):  # every client moves every weight it trains by +1
+        step = {n: torch.ones_like(p) for n, p in start.items()}
+        step = adjust(start, step) if adjust else step
+        return ClientUpdates(ids, torch.ones(m), {n: p + step[n] for n, p in start.items()}, torch.ones(m), torch.zeros(m))
+
+    # σ = 1e-9: the released body update is its clip alone, so the test sees what the clip bounded
+    inner = FEDPER if name == "fedper" else fedrep(head_epochs=1)
+    strategy = dpfedavg.wrap(inner, privacy, 1e-9, m, seed=0, personal=dpfedavg.personal_parts(name))
+    state = strategy.init({"body.weight": torch.zeros(1, d), "head.weight": torch.zeros(1, d)}, m)
+    new, _ = strategy.aggregate(state, strategy.local(state, ids, train))
+    # the body's +1 in each of 4 weights (norm 2) clipped to 0.1: 0.05 each; counting the head in the
+    # norm (2.83) would have given 0.035
+    assert torch.allclose(new.params["body.weight"], torch.full((1, d), 0.05))
+    assert torch.equal(own(new).take(ids)["head.weight"], torch.ones(m, d))  # as trained: unclipped, no noise
+
+
+def test_fedper_at_client_level_says_its_heads_are_not_released(tmp_path):
+    out = tmp_path / "run"
+    result = run("run", three_clients(tmp_path), *SMALL, "--set", 'strategy.name="fedper"', "--set", "baselines=[]",
+                 "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())["privacy"]
+    assert "own head" in summary["not_released"] and summary["epsilon"] > 0

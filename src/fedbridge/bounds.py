@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedbridge import client_state, kernels
+from fedbridge import client_state, kernels, per_sample
 from fedbridge.data import corrupt
 from fedbridge.data.datasets import Dataset
 from fedbridge.errors import ConfigError
@@ -66,6 +66,9 @@ def check_fits(exp: Experiment, dataset: Dataset) -> None:
         raise ConfigError(f"strategy.keep_local = {registry.kept_local(exp.strategy)}: model = {exp.model!r} has no "
                           "normalisation layers (BatchNorm, LayerNorm, GroupNorm, InstanceNorm) to keep; drop "
                           "strategy.keep_local or choose a model with them")
+    if exp.privacy is not None and exp.privacy.level == "sample" and (
+            why := per_sample.refusal(build_model(exp.model, shape, dataset.num_classes), shape)):
+        raise ConfigError(f"model = {exp.model!r}: {why}")
     available = machine_memory()
     needs = memory_needs(exp, dataset, shape)
     total = sum(n.bytes for n in needs)

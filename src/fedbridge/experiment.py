@@ -233,7 +233,7 @@ class Experiment(Strict):
             raise ValueError(problem)
 
     def _privacy_holds(self) -> None:
-        if (p := self.privacy) and (problem := setting_problem(p, self.strategy.name, self.model) or budget.problem(
+        if (p := self.privacy) and (problem := setting_problem(p, self.strategy.name) or budget.problem(
                 p, self.n_clients, self.setup.clients_per_round, self.train.rounds)):
             raise ValueError(problem)
 

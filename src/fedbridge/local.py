@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from fedbridge import kernels, losses, optim
-from fedbridge.errors import ConfigError, DataError
+from fedbridge import kernels, losses, optim, per_sample
+from fedbridge.errors import DataError
 from fedbridge.generic import body_forward, bound, in_gradient_layout, laid_out_as, per_client, stateful, trainable
 from fedbridge.optim import Params
 
@@ -173,10 +173,8 @@ def _train_chunk(
     for k, rows in enumerate(client_rows):
         table[k, : len(rows)] = rows
     body, layers = kernels.split(model)
-    if recipe.dp is not None and (body is not None or not layers):
-        raise ConfigError("privacy.level = 'sample' runs DP-SGD on models that are Flatten, Linear, (ReLU, Linear)*; "
-                          "this one has other layers, whose per-example gradients are not implemented yet: use an "
-                          "MLP model, or privacy.level = 'client'")
+    # DP-SGD on what the ghost norms of the MLP kernels do not cover: torch.func per-example gradients
+    per_example = recipe.dp is not None and (body is not None or not layers)
     clients = None
     if body is not None and (len(client_rows) == 1 or stateful(body)):
         clients = [bound(body, params, i, g) for i, g in enumerate(generators)]
@@ -189,7 +187,12 @@ def _train_chunk(
     steps_rows = table.gather(1, positions.transpose(0, 1).reshape(k, -1)).view(k, n_steps, b).transpose(0, 1).contiguous()
     steps_labels = labels[steps_rows]
     flat = images.flatten(1)
-    if fused_lr is not None and body is None and len(layers) > 1:
+    if per_example:
+        loss_sum = per_sample.dp_sgd_steps(
+            model, params, images, steps_rows, steps_labels, weights, clip=recipe.dp.clip,
+            noise_multiplier=recipe.dp.noise_multiplier, batch_size=recipe.batch_size, optimizer=recipe.optimizer,
+            lr=recipe.lr, momentum=recipe.momentum, loss=recipe.loss, generators=generators, adjust=adjust)
+    elif fused_lr is not None and body is None and len(layers) > 1:
         loss_sum = kernels.sgd_steps(params, layers, flat, steps_rows, steps_labels, sample_weights, fused_lr,
                                      recipe.loss)
     else:

@@ -85,7 +85,8 @@ def schedule(method: Method, exp: Experiment, seed: int, profiles: list[str], si
         return s if sizes is None else replace(s, privacy=budget.sample_plan(p, sizes, t.batch_size, t.local_epochs))
     m = clients_per_round(exp.n_clients, fraction)
     plan = budget.client_plan(p, exp.n_clients, m, t.rounds)
-    return replace(s, privacy=plan, wrap=lambda strategy: dpfedavg.wrap(strategy, p, plan.sigma, m, seed))
+    return replace(s, privacy=plan, wrap=lambda strategy: dpfedavg.wrap(strategy, p, plan.sigma, m, seed,
+                                                                       dpfedavg.personal_parts(method.name)))
 
 
 def strategy(method: Method, exp: Experiment, model: torch.nn.Module, s: Schedule,

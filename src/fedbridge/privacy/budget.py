@@ -76,6 +76,10 @@ NOT_RELEASED = {
              "table scores those personal models, which ε does not cover",
     "finetune": "each client's fine-tuned copy of the private global model never leaves it; the table scores "
                 "those copies, which ε does not cover",
+    "fedper": "each client's own head (the model's last layer) never leaves it and is neither clipped nor noised; "
+              "only the shared body is released, and the table scores it with those heads, which ε does not cover",
+    "fedrep": "each client's own head (the model's last layer) never leaves it and is neither clipped nor noised; "
+              "only the shared body is released, and the table scores it with those heads, which ε does not cover",
 }
 
 

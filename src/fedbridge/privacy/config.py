@@ -15,8 +15,10 @@ MAX_NOISE_MULTIPLIER = 100.0
 
 # strategies whose server step is a mean of the clients' updates then post-processing (a server
 # optimizer, a proximal local term, fine-tuning or Ditto's personal models that never leave the
-# client): clipping each update to C bounds the mean's sensitivity by C / m
-CLIENT_LEVEL = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "finetune", "ditto")
+# client, FedPer's and FedRep's personal heads, of which only the shared body is released):
+# clipping each update to C bounds the mean's sensitivity by C / m
+CLIENT_LEVEL = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "finetune", "ditto", "fedper",
+                "fedrep")
 # why the others are refused at client level, by name; any other strategy: its rule is not one of these
 REFUSED = {
     "median": "a coordinate-wise median moves by up to C in every coordinate when one client changes "
@@ -30,8 +32,6 @@ REFUSED = {
     "afl": "its weights come from the clients' training losses, which are not clipped or noised",
     "fednova": "it rescales each update by the client's steps, so the clip no longer bounds the mean",
     "scaffold": "its control variates leave the clients unclipped and un-noised",
-    "fedper": "its updates mix the shared body and the personal head; not split for DP yet",
-    "fedrep": "its updates mix the shared body and the personal head; not split for DP yet",
     "custom": "its rule is unknown, so no sensitivity can be given for it",
 }
 # at sample level every strategy's server step is post-processing of DP-SGD models, except those
@@ -81,12 +81,9 @@ class Privacy(Strict):
         return self
 
 
-def setting_problem(privacy: Privacy, strategy: str, model: str) -> str | None:
-    """Why `strategy` or `model` cannot run under this privacy setting, or None."""
-    if privacy.level == "sample" and model == "cnn":
-        return ("privacy.level = 'sample' runs DP-SGD in the MLP kernels (per-example norms from each Linear "
-                "layer's inputs and output gradients); model = 'cnn' has convolutions, whose per-example gradients "
-                "are not implemented yet: use model = 'mlp', '2nn' or 'tabular', or privacy.level = 'client'")
+def setting_problem(privacy: Privacy, strategy: str) -> str | None:
+    """Why `strategy` cannot run under this privacy setting, or None (a model DP-SGD cannot take is
+    refused once the data's input shape is known: per_sample.refusal)."""
     if privacy.level == "sample":
         if strategy in SAMPLE_REFUSED:
             why = ("its head phase trains more local steps a round than train.local_epochs, which ε counts"

@@ -7,7 +7,9 @@ so one client moves the mean by at most C / m). Gaussian noise of std σC is add
 server (central), or each client adds σC/√m before sending (distributed; the m noises sum to σC).
 The wrapped strategy then aggregates these released updates as it would the raw ones: FedAvg's
 mean, a server optimizer's step, Ditto's global model. A model a strategy trains with `copy` > 0
-(Ditto's personal one) never leaves its client and is neither clipped nor noised, nor covered by ε.
+(Ditto's personal one, FedRep's head phase) never leaves its client and is neither clipped nor noised,
+nor covered by ε; nor are FedPer's and FedRep's personal heads: only the shared body's update is
+clipped and noised, and the heads stay on their clients as trained.
 
 Adaptive clipping (Andrew et al. 2021): every client also reports whether its update was within C,
 the server noises that count (std σ_b) and moves C geometrically toward the target quantile. The
@@ -15,6 +17,7 @@ current C and the round counter live in the state's extra, so a checkpoint resum
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -24,6 +27,7 @@ from fedbridge.optim import Params
 from fedbridge.privacy.config import Privacy, count_noise, update_noise
 from fedbridge.strategies.aggregate import difference, moved, norms
 from fedbridge.strategies.api import ClientUpdates, Diagnostics, LocalTrain, ServerState, Strategy
+from fedbridge.strategies.fedper import head_names
 
 KEY = "privacy"  # in ServerState.extra and ClientUpdates.extra
 # random streams of the noise, apart from rounds.py's (10-13) and federation.py's (1-3)
@@ -53,8 +57,16 @@ def noised(clipped: Params, ids: torch.Tensor, std: float, mode: str, seed: int,
     return {n: x + torch.stack([_gaussian(x[0], std / math.sqrt(k), g) for g in gens]) for n, x in clipped.items()}
 
 
-def wrap(inner: Strategy, p: Privacy, sigma: float, clients_per_round: int, seed: int) -> Strategy:
-    """`inner` with every client's released update clipped and noised (module docstring)."""
+def personal_parts(strategy: str) -> Callable[[Params], set[str]] | None:
+    """The parameters `strategy` keeps on each client, out of what it releases (of a model's names)."""
+    return head_names if strategy in ("fedper", "fedrep") else None
+
+
+def wrap(inner: Strategy, p: Privacy, sigma: float, clients_per_round: int, seed: int,
+         personal: Callable[[Params], set[str]] | None = None) -> Strategy:
+    """`inner` with every client's released update clipped and noised (module docstring); the
+    parameters `personal` names (FedPer's and FedRep's heads) are neither released nor clipped: the
+    update of the rest, the shared body, is, and its clip bounds it alone."""
     sigma_update = update_noise(p, sigma, clients_per_round)
     assert sigma_update is not None, "the experiment's validation refuses a count noise that leaves none"
 
@@ -70,10 +82,13 @@ def wrap(inner: Strategy, p: Privacy, sigma: float, clients_per_round: int, seed
             trained = train(start, adjust, epochs, copy)
             if copy:  # a personal model: it stays with its client
                 return trained
-            clipped, inside = clip(difference(trained.params, start), bound)
+            kept = personal(start) if personal else set()
+            shared = {n: x for n, x in start.items() if n not in kept}
+            clipped, inside = clip(difference({n: trained.params[n] for n in shared}, shared), bound)
             within.append(inside)
-            update = noised(clipped, trained.ids, sigma_update * bound, p.mode, seed, round_)
-            return replace(trained, params=moved(start, update), weights=torch.ones_like(trained.weights))
+            update = moved(shared, noised(clipped, trained.ids, sigma_update * bound, p.mode, seed, round_))
+            params = {n: update[n] if n in update else x for n, x in trained.params.items()}
+            return replace(trained, params=params, weights=torch.ones_like(trained.weights))
 
         out = inner.local(state, ids, released)
         return replace(out, extra={**out.extra, KEY: next_clip(p, bound, within[0], clients_per_round, seed, round_)})
