@@ -81,8 +81,9 @@ def write(path: Path | str, n: int, take: Callable[[torch.Tensor], Params], budg
             chunk = take(ids)
             for k in range(len(ids)):
                 for name in model:
-                    # a copy: a row's storage is its whole chunk's
-                    p = chunk[name][k].detach().to(model[name].dtype, copy=True)
-                    archive.write_record(f"data/{key}", p.untyped_storage(), p.nbytes)
+                    # written from the row's own bytes (a storage handed to the writer would be
+                    # its whole chunk's, and kept alive until the file is closed)
+                    p = chunk[name][k].detach().to(model[name].dtype).contiguous()
+                    archive.write_record(f"data/{key}", p.data_ptr(), p.nbytes)
                     key += 1
-            del chunk  # before the next is read
+            del chunk, p  # (p may be a view of it) before the next is read
