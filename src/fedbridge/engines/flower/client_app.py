@@ -288,14 +288,13 @@ def train(message: Message, context: Context) -> Message:
         result, kept = trained_on_node(message, exp, seed, federation, client, model, start)
         metrics["state-round"] = kept.came_from
         result = replace(result, params={n: p for n, p in result.params.items() if n not in kept.names})
-    elif registry.spec(exp.strategy).on_node:
-        # a strategy whose step runs here (FedProx) takes it as in the simulation, from a state that
-        # holds only the received model
+    else:
         ids = torch.tensor([client.index])
         train_here = trainer(exp, seed, federation, client, model, round_, STREAM_BATCHES, ids)
-        result = registry.build(exp.strategy, exp.setup).local(ServerState(start), ids, train_here)
-    else:  # any other strategy's clients train plainly
-        result = trainer(exp, seed, federation, client, model, round_, STREAM_BATCHES, torch.tensor([client.index]))(start)
+        # a strategy whose step runs here (FedProx) takes it as in the simulation, from a state that
+        # holds only the received model; any other strategy's clients train plainly
+        result = registry.build(exp.strategy, exp.setup).local(ServerState(start), ids, train_here) \
+            if registry.spec(exp.strategy).on_node else train_here(start)
     timed("train", seconds, began)
     metrics.update({
         "partition-id": client.index, "num-examples": len(client.train_rows),

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 
 from fedbridge import rounds
 from fedbridge.engines.flower.secagg import CLIP, MODULUS, NAMES, NOISE, SecAgg
-from fedbridge.engines.flower.transport import POLL_SECONDS, Nodes
+from fedbridge.engines.flower.transport import Nodes, replies_to
 from fedbridge.errors import ConfigError, FedbridgeError
 from fedbridge.local import GradientAdjust
 from fedbridge.optim import Params
@@ -66,16 +66,7 @@ class Polled:
     grid: Grid
 
     def send_and_receive(self, messages: list[Message], *, timeout: float | None = None) -> list[Message]:
-        pending = set(self.grid.push_messages(messages))
-        replies: list[Message] = []
-        deadline = time.monotonic() + (timeout or 0)
-        while pending and time.monotonic() < deadline:
-            for reply in self.grid.pull_messages(list(pending)):
-                pending.discard(reply.metadata.reply_to_message_id)
-                replies.append(reply)
-            if pending:
-                time.sleep(POLL_SECONDS)
-        return replies
+        return list(replies_to(self.grid, self.grid.push_messages(messages), timeout or 0))
 
 
 def secure_transport(plain: rounds.Transport, nodes: Nodes, examples: dict[int, int], config: ConfigRecord,

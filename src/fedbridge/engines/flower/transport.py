@@ -15,6 +15,7 @@ the whole state it started from, not only the model).
 """
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from logging import WARNING
 
@@ -64,23 +65,19 @@ class Nodes:
         if self.describe is None or not new:
             return
         pending = dict(zip(self.grid.push_messages([message({"config": self.describe}, n, "query") for n in new]), new))
-        deadline = time.monotonic() + self.timeout
-        while pending and time.monotonic() < deadline:
-            for reply in self.grid.pull_messages(list(pending)):
-                node = pending.pop(reply.metadata.reply_to_message_id)
-                try:
-                    client, examples, _, _ = described(reply.content, len(self.examples))
-                except FedbridgeError as e:
-                    client, examples = -1, str(e)
-                if reply.has_error() or self.examples.get(client) != examples:
-                    log(WARNING, "SuperNode %d connected, but is no client of this run (%s)", node,
-                        reply.error.reason if reply.has_error() else f"partition-id {client}, {examples} samples")
-                    self.strangers.add(node)
-                else:
-                    log(WARNING, "client %d is back on SuperNode %d", client + 1, node)
-                    self.node_of[client] = node
-            if pending:
-                time.sleep(POLL_SECONDS)
+        for reply in replies_to(self.grid, pending, self.timeout):
+            node = pending.pop(reply.metadata.reply_to_message_id)
+            try:
+                client, examples, _, _ = described(reply.content, len(self.examples))
+            except FedbridgeError as e:
+                client, examples = -1, str(e)
+            if reply.has_error() or self.examples.get(client) != examples:
+                log(WARNING, "SuperNode %d connected, but is no client of this run (%s)", node,
+                    reply.error.reason if reply.has_error() else f"partition-id {client}, {examples} samples")
+                self.strangers.add(node)
+            else:
+                log(WARNING, "client %d is back on SuperNode %d", client + 1, node)
+                self.node_of[client] = node
 
     def exchange(self, what: str, messages: dict[int, Message], group: int | None = None,
                  name=lambda client: f"client {client + 1}",
@@ -95,20 +92,16 @@ class Nodes:
         pending = dict(zip(pushed, messages))
         replies: dict[int, Message] = {}
         failed: dict[int, str] = {}
-        deadline = time.monotonic() + self.timeout
-        while pending and time.monotonic() < deadline:
-            for reply in self.grid.pull_messages(list(pending)):
-                client = pending.pop(reply.metadata.reply_to_message_id)
-                if reply.has_error():
-                    failed[client] = str(reply.error.reason)
-                elif expected and (problem := reply_problem(reply.content, expected[client])):
-                    failed[client] = f"its reply was rejected: {problem}"
-                else:
-                    replies[client] = reply
-                if client in failed:
-                    log(WARNING, "%s failed in %s: %s", name(client), what, failed[client])
-            if pending:
-                time.sleep(POLL_SECONDS)
+        for reply in replies_to(self.grid, pending, self.timeout):
+            client = pending.pop(reply.metadata.reply_to_message_id)
+            if reply.has_error():
+                failed[client] = str(reply.error.reason)
+            elif expected and (problem := reply_problem(reply.content, expected[client])):
+                failed[client] = f"its reply was rejected: {problem}"
+            else:
+                replies[client] = reply
+            if client in failed:
+                log(WARNING, "%s failed in %s: %s", name(client), what, failed[client])
         self.timings.append({"round": group, "step": what, "seconds": time.monotonic() - began,
                              "nodes": timing(replies)})
         where = f"round {group}, {what}" if group else what
@@ -127,6 +120,19 @@ class Nodes:
                 + ". Check those SuperNodes (their logs), or lower --min-nodes / raise --round-timeout"
             )
         return replies
+
+
+def replies_to(grid: Grid, ids: Iterable[str], timeout: float) -> Iterator[Message]:
+    """The replies to the messages `ids` as they come, asking the SuperLink every POLL_SECONDS until
+    each is answered or `timeout` seconds have passed."""
+    pending = set(ids)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for reply in grid.pull_messages(list(pending)):
+            pending.discard(reply.metadata.reply_to_message_id)
+            yield reply
+        if pending:
+            time.sleep(POLL_SECONDS)
 
 
 def message(content: dict, node: int, kind: str, group: int | None = None) -> Message:
