@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from benchmarks import positive_float, positive_int
 from fedbridge.data import partition
@@ -85,3 +86,19 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
 def model_for(name: str) -> torch.nn.Module:
     return build_model(name, (1, 28, 28), 10)
 
+
+def training_flops_per_sample(model: nn.Module, input_shape=(1, 28, 28)) -> float:
+    """FLOPs of one training sample: 2 per multiply-add forward; backward, every layer's weight
+    gradient plus the input gradient of every layer but the first (biases and ReLUs not counted)."""
+    macs: list[int] = []
+
+    def count(module, inputs, output):
+        per_output = module.in_features if isinstance(module, nn.Linear) else module.weight[0].numel()
+        macs.append(output[0].numel() * per_output)
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    for h in hooks:
+        h.remove()
+    return 2 * sum(macs) * 2 + 2 * sum(macs[1:])

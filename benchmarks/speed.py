@@ -1,7 +1,7 @@
 """How fast fedbridge trains a federation, side by side with a per-client loop and Flower, in one run.
 
     python -m benchmarks.speed [--quick] [--trials N] [--rounds N] [--threads N] [--json PATH]
-                               [--only yardstick,rounds,cnn,job,scaling,seed,scale10k,generic]
+                               [--only yardstick,rounds,cnn,bound,job,scaling,seed,scale10k,generic]
 
 Sections (all measured in this run, on this machine):
   yardstick  the dense float32 limit: the best of torch.mm (MKL), oneDNN's matmul and oneDNN's
@@ -11,6 +11,8 @@ Sections (all measured in this run, on this machine):
              and the 2NN, E=1 and E=5: batched engine, reference loop (run with the default threads
              and with 1 thread; the faster counts), Flower simulation
   cnn        the McMahan CNN round, E=1: batched engine vs reference loop
+  bound      what bounds each round: its matmuls and convolutions replayed alone at their shapes
+             (benchmarks/bound.py), as a fraction of the same run's limit
   job        a 15-round 2NN job end to end (process start to test accuracy): fedbridge vs Flower
   scaling    s/round and peak RSS at 10, 100 and 1,000 clients per round (2NN, E=1)
   seed       `fedbridge run configs/seed.toml` end to end
@@ -26,7 +28,8 @@ them; each figure is the median over trials of the trial's median s/round, with 
 (min-max of the trial medians). The job and the seed study run once per trial, and their wall
 times are reported the same way. Flower (`pip install -e '.[flower]'`) is optional: without it
 those columns say "skipped". The 1-minute load average is sampled through the run; above the
-number of cores, the run warns that its figures are those of a busy machine.
+number of cores plus one (the benchmark itself keeps every core busy), the run warns that its
+figures are those of a busy machine.
 """
 
 import argparse
@@ -44,9 +47,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 from rich.table import Table
-from torch import nn
 
-from benchmarks import entry, generic, mcmahan_setup as setup, positive_int, results_file, scale10k
+from benchmarks import bound, entry, generic, mcmahan_setup as setup, positive_int, results_file, scale10k
 from benchmarks.yardstick import LoadWatch, yardstick
 from fedbridge.errors import FedbridgeError
 from fedbridge.local import Recipe, local_update
@@ -54,30 +56,13 @@ from fedbridge.reference import reference_update
 from fedbridge.rounds import initial_model
 
 ROOT = Path(__file__).parent.parent
-SECTIONS = ("yardstick", "rounds", "cnn", "job", "scaling", "seed", "scale10k")
+SECTIONS = ("yardstick", "rounds", "cnn", "bound", "job", "scaling", "seed", "scale10k")
 EXTRA_SECTIONS = ("generic",)  # run only when named in --only
 # the loop also runs single-threaded: one thread often beats two on its tiny kernels, and the
 # ratios are taken against whichever of the two is faster in that trial
 METHODS = {"batched": (local_update, None), "loop": (reference_update, None), "loop-1-thread": (reference_update, 1)}
 ROUND_CONFIGS = [("mlp", 1), ("mlp", 5), ("2nn", 1), ("2nn", 5)]
 LR = 0.1
-
-
-def training_flops_per_sample(model: nn.Module, input_shape=(1, 28, 28)) -> float:
-    """FLOPs of one training sample: 2 per multiply-add forward; backward, every layer's weight
-    gradient plus the input gradient of every layer but the first (biases and ReLUs not counted)."""
-    macs: list[int] = []
-
-    def count(module, inputs, output):
-        per_output = module.in_features if isinstance(module, nn.Linear) else module.weight[0].numel()
-        macs.append(output[0].numel() * per_output)
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    with torch.no_grad():
-        model(torch.zeros(1, *input_shape))
-    for h in hooks:
-        h.remove()
-    return 2 * sum(macs) * 2 + 2 * sum(macs[1:])
 
 
 def spread(trials: list[float]) -> dict:
@@ -145,7 +130,7 @@ def rounds_section(fed, trials: int, rounds: int, with_flower: bool, limit: floa
     rows = []
     for m, e in ROUND_CONFIGS:
         batched, loop = spread(per[(m, e)]["batched"]), spread(per[(m, e)]["loop"])
-        flops = training_flops_per_sample(setup.model_for(m)) * 10 * 600 * e
+        flops = setup.training_flops_per_sample(setup.model_for(m)) * 10 * 600 * e
         fl = flower_runs.get((m, e))
         rows.append({
             "model": m, "epochs": e, "batched": batched, "loop": loop, "loop_threads": per[(m, e)]["loop_threads"],
@@ -164,7 +149,7 @@ def cnn_section(fed, trials: int, rounds: int, limit: float) -> dict:
     for _ in range(trials):
         timed_trials(fed, "cnn", 1, rounds, per)
     batched, loop = spread(per["batched"]), spread(per["loop"])
-    flops = training_flops_per_sample(setup.model_for("cnn")) * 10 * 600
+    flops = setup.training_flops_per_sample(setup.model_for("cnn")) * 10 * 600
     return {"batched": batched, "loop": loop, "loop_threads": per["loop_threads"], "loop_over_batched": loop["median"] / batched["median"],
             "gflops": flops / batched["median"] / 1e9, "fraction_of_limit": flops / batched["median"] / 1e9 / limit}
 
@@ -257,6 +242,8 @@ def show(report: dict, console: Console) -> None:
             t.add_row(str(r["clients_per_round"]), f"{r['s_per_round']:.3f}",
                       f"{100 * r['s_per_round'] / r['clients_per_round']:.3f}", f"{r['peak_rss_mb']:.0f}")
         console.print(t)
+    if "bound" in report:
+        bound.show_rows(report["bound"], console)
     if "generic" in report:
         generic.show_rows(report["generic"], console)
     if "seed" in report:
@@ -307,14 +294,16 @@ def main() -> None:
         "settings": {"trials": trials, "rounds": rounds, "lr": LR},
     }
     limit = None
-    if "yardstick" in sections or "rounds" in sections or "cnn" in sections:
+    if {"yardstick", "rounds", "cnn", "bound"} & set(sections):
         report["yardstick"] = yardstick()
         limit = report["yardstick"]["limit_gflops"]
-    fed = setup.federation(setup.load_mnist()) if {"rounds", "cnn", "generic"} & set(sections) else None
+    fed = setup.federation(setup.load_mnist()) if {"rounds", "cnn", "bound", "generic"} & set(sections) else None
     if "rounds" in sections:
         report["rounds"] = rounds_section(fed, trials, rounds, with_flower, limit, console)
     if "cnn" in sections:
         report["cnn"] = cnn_section(fed, trials, max(1, rounds // 5), limit)
+    if "bound" in sections:
+        report["bound"] = bound.section(fed, bound.CASES, trials, limit)
     if "job" in sections:
         report["job"] = job_section(with_flower, args.threads, trials)
     if "scaling" in sections:

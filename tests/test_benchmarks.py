@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent))  # the benchmarks package sits beside src/, not installed
 
-from benchmarks import entry, fedns, flower_round, job, mcmahan, positive_int, results_file, speed, strategies  # noqa: E402
+from benchmarks import bound, entry, fedns, flower_round, job, mcmahan, positive_int, results_file, speed, strategies  # noqa: E402
 from fedbridge.errors import DataError, FedbridgeError  # noqa: E402
 
 
@@ -61,6 +61,7 @@ def run_main(module, monkeypatch, *args) -> int:
     (job, "--lr", "-1"), (job, "--lr", "inf"), (job, "--rounds", "-3"), (job, "--threads", "-1"),
     (flower_round, "--rounds", "0"), (flower_round, "--actors", "0"),
     (strategies, "--seeds", "0"), (strategies, "--rounds", "0"), (strategies, "--lr", "nan"), (strategies, "--batch-size", "0"),
+    (bound, "--repeats", "0"),
 ])
 def test_out_of_range_options_are_refused_at_parse_time(module, flag, value, monkeypatch, capsys):
     assert run_main(module, monkeypatch, flag, value) == 2
@@ -135,6 +136,27 @@ def test_strategies_records_its_settings_and_resumes_only_the_same_experiment(tm
     assert "holds results run with rounds 1, lr 0.1, batch size 64" in capsys.readouterr().err
     assert out.read_text().count("\n") == 1
     assert "(rounds 1, lr 0.1, batch size 64, seeds 0;" in strategies.table([out])
+
+
+def test_bound_records_the_dense_calls_and_counts_their_flops_by_hand():
+    # a [2, 3] x [3, 4] matmul is 2 * 2 * 3 * 4 = 48 FLOPs, a batch of 5 [4, 6] x [6, 7] is 5 * 2 * 4 * 6 * 7 = 1,680;
+    # the ReLU between them is not a dense call, and vmap's batched matmul is recorded as what runs
+    a, b = torch.randn(2, 3), torch.randn(3, 4)
+    with bound.Recorder() as recorder:
+        torch.mm(a, b).relu()
+        torch.bmm(torch.randn(5, 4, 6), torch.randn(5, 6, 7))
+        torch.vmap(torch.mm)(torch.randn(5, 4, 6), torch.randn(5, 6, 7))
+    assert [str(f.overloadpacket) for f, _, _ in recorder.calls] == ["aten.mm", "aten.bmm", "aten.bmm"]
+    assert recorder.calls[0][1][0] == bound.Operand((2, 3), (3, 1), torch.float32)
+    calls, flops = bound._materialised(recorder.calls)
+    assert flops == 48 + 1680 + 1680
+    assert bound.replay_seconds(calls, workers=1, repeats=2) > 0
+    assert bound.replay_seconds(calls, workers=2, repeats=2) > 0
+
+
+def test_bound_refuses_a_case_it_cannot_run(monkeypatch, capsys):
+    assert run_main(bound, monkeypatch, "--cases", "mlp:1:kernels,resnet:1:kernels", "--limit", "100") == 2
+    assert "--cases: 'resnet:1:kernels' is not model:epochs:path" in capsys.readouterr().err
 
 
 def test_per_client_verdict_by_hand():

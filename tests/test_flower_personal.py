@@ -6,11 +6,11 @@ plain SGD; deployment and simulation must give the same global weights and the s
 accuracies (1e-5)."""
 
 import shutil
-from uuid import uuid4
 
 import pytest
 
 from conftest import CONFIGS
+from fake_grid import Grid
 
 pytest.importorskip("flwr")
 
@@ -32,31 +32,25 @@ SMALL = ["partition.sizes=[400,700]", "train.rounds=2", "baselines=[]", 'train.o
 ANSWER = {"query": client_app.describe, "train": client_app.train, "evaluate": client_app.evaluate_model}
 
 
-class NodesHere:
+class NodesHere(Grid):
     """A Grid whose nodes answer at once, each by the ClientApp's functions with its own partition-id;
     `down`: nodes that do not answer."""
 
     def __init__(self, data_dir, n: int = 2, run: int = 1):
-        self.contexts = {100 + i: Context(run, 100 + i, {"partition-id": i, "data-dir": str(data_dir)}, RecordDict(), {})
-                         for i in range(n)}
-        self.replies, self.down, self.answers = {}, set(), []
+        super().__init__([100 + i for i in range(n)])
+        self.contexts = {node: Context(run, node, {"partition-id": i, "data-dir": str(data_dir)}, RecordDict(), {})
+                         for i, node in enumerate(self.nodes)}
+        self.down, self.answers = set(), []
 
     def get_node_ids(self):
-        return [n for n in self.contexts if n not in self.down]
+        return [n for n in self.nodes if n not in self.down]
 
-    def push_messages(self, messages):
-        ids = []
-        for m in messages:
-            m.metadata.__dict__["_message_id"] = str(uuid4())
-            ids.append(m.metadata.message_id)
-            if m.metadata.dst_node_id not in self.down:
-                reply = ANSWER[m.metadata.message_type](m, self.contexts[m.metadata.dst_node_id])
-                self.replies[m.metadata.message_id] = reply
-                self.answers.append((m.metadata.message_type, reply))
-        return ids
-
-    def pull_messages(self, ids):
-        return [self.replies.pop(i) for i in ids if i in self.replies]
+    def answer(self, m):
+        if m.metadata.dst_node_id in self.down:
+            return None
+        reply = ANSWER[m.metadata.message_type](m, self.contexts[m.metadata.dst_node_id])
+        self.answers.append((m.metadata.message_type, reply))
+        return reply
 
 
 @pytest.fixture

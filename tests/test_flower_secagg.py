@@ -4,13 +4,13 @@ this process with a Context each (as a SuperNode keeps one per run). What the se
 recorded, and what each node sent before masking is recorded on the node's side."""
 
 import copy
-from uuid import uuid4
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import invoke
+from fake_grid import Grid
 
 pytest.importorskip("flwr")  # the `flower` extra; `make test` installs it
 
@@ -62,33 +62,23 @@ def task_identity(monkeypatch):
         monkeypatch.setattr(TaskIdentity, key, 1)
 
 
-class NodesGrid:
+class NodesGrid(Grid):
     """Three nodes (or one per node config) running fedbridge's ClientApp in process; every reply the server gets is kept in
     `received`. `silent(node, message)` says whether a node drops a message (it crashed)."""
 
     def __init__(self, silent=lambda node, message: False, configs=None):
         configs = configs or [{"partition-id": i} for i in range(3)]  # each node's node config
-        self.nodes = [101 + i for i in range(len(configs))]
+        super().__init__([101 + i for i in range(len(configs))])
         self.contexts = {n: Context(1, n, c, RecordDict(), {}) for n, c in zip(self.nodes, configs)}
-        self.replies, self.received, self.silent = {}, [], silent
+        self.received, self.silent = [], silent
 
-    def get_node_ids(self):
-        return list(self.nodes)
-
-    def push_messages(self, messages):
-        ids = []
-        for m in messages:
-            m.metadata.__dict__["_message_id"] = str(uuid4())  # what the SuperLink would assign
-            ids.append(m.metadata.message_id)
-            if not self.silent(m.metadata.dst_node_id, m):
-                # a copy, as the wire gives each node its own (the workflow sends one record to all)
-                reply = client_app.app(copy.deepcopy(m), self.contexts[m.metadata.dst_node_id])
-                self.replies[m.metadata.message_id] = reply
-                self.received.append(reply)
-        return ids
-
-    def pull_messages(self, ids):
-        return [self.replies.pop(i) for i in ids if i in self.replies]
+    def answer(self, m):
+        if self.silent(m.metadata.dst_node_id, m):
+            return None
+        # a copy, as the wire gives each node its own (the workflow sends one record to all)
+        reply = client_app.app(copy.deepcopy(m), self.contexts[m.metadata.dst_node_id])
+        self.received.append(reply)
+        return reply
 
 
 def stage(message: Message) -> str | None:

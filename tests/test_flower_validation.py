@@ -4,13 +4,13 @@ configs and flags it must refuse, and the clients a run left out. Each test take
 
 import math
 import types
-from uuid import uuid4
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import CONFIGS
+from fake_grid import Grid
 
 pytest.importorskip("flwr")  # the `flower` extra; `make test` installs it
 
@@ -105,26 +105,13 @@ TINY = ["data.name=digits", "partition.sizes=[300,300]", "train.rounds=1", "base
 SAMPLES = 240  # each client's training samples (80% of 300), as it says at connect
 
 
-class FakeGrid:
+class FakeGrid(Grid):
     """Two nodes that answer at once: train adds 0.01 to every weight; `spoil(client, kind, content)`
     may alter a reply's records."""
 
     def __init__(self, spoil=lambda client, kind, content: content):
-        self.nodes, self.replies, self.spoil = [101, 102], {}, spoil
-
-    def get_node_ids(self):
-        return list(self.nodes)
-
-    def push_messages(self, messages):
-        ids = []
-        for m in messages:
-            m.metadata.__dict__["_message_id"] = str(uuid4())  # what the SuperLink would assign
-            ids.append(m.metadata.message_id)
-            self.replies[m.metadata.message_id] = self.answer(m)
-        return ids
-
-    def pull_messages(self, ids):
-        return [self.replies.pop(i) for i in ids if i in self.replies]
+        super().__init__([101, 102])
+        self.spoil = spoil
 
     def answer(self, m: Message) -> Message:
         client, kind = self.nodes.index(m.metadata.dst_node_id), m.metadata.message_type
