@@ -12,7 +12,7 @@ Sections (all measured in this run, on this machine):
              and with 1 thread; the faster counts), Flower simulation
   cnn        the McMahan CNN round, E=1: batched engine vs reference loop
   bound      what bounds each round: its matmuls and convolutions replayed alone at their shapes
-             (benchmarks/bound.py), as a fraction of the same run's limit
+             (benchmarks/bound.py), as fractions of the limit kernel timed beside each
   job        a 15-round 2NN job end to end (process start to test accuracy): fedbridge vs Flower
   scaling    s/round and peak RSS at 10, 100 and 1,000 clients per round (2NN, E=1)
   seed       `fedbridge run configs/seed.toml` end to end
@@ -303,7 +303,7 @@ def main() -> None:
     if "cnn" in sections:
         report["cnn"] = cnn_section(fed, trials, max(1, rounds // 5), limit)
     if "bound" in sections:
-        report["bound"] = bound.section(fed, bound.CASES, trials, limit)
+        report["bound"] = bound.section(fed, bound.CASES, max(trials, 5), report["yardstick"]["limit_kernel"])
     if "job" in sections:
         report["job"] = job_section(with_flower, args.threads, trials)
     if "scaling" in sections:

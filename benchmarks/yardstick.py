@@ -26,7 +26,7 @@ def best_gflops(fn, flops: float, seconds: float = 1.0) -> float:
     return flops / best / 1e9
 
 
-def _yardstick_kernels() -> dict:
+def candidates() -> dict:
     """name -> (kernel, FLOPs of one call): the dense candidates for the limit."""
     kernels = {}
     for n in (1024, 2048):
@@ -51,7 +51,7 @@ def _yardstick_kernels() -> dict:
 def yardstick() -> dict:
     """The dense limit: the best GFLOP/s of any candidate kernel, each timed in several windows
     interleaved with the others (so a burst of load hits them all), with each one's spread."""
-    kernels = _yardstick_kernels()
+    kernels = candidates()
     windows: dict[str, list[float]] = {name: [] for name in kernels}
     for _ in range(YARDSTICK_WINDOWS):
         for name, (fn, flops) in kernels.items():
