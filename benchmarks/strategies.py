@@ -52,6 +52,10 @@ METHODS = {
     "clipping": {"name": "clipping"},
     "quality": {"name": "quality", "alpha": 5.0},
     "qfedavg": {"name": "qfedavg", "q": 1.0},
+    # q-FedAvg's trade-off between FedAvg (q = 0) and fairness, at two smaller q (the paper searches
+    # q over 0.001-15 per dataset)
+    "qfedavg_q0.1": {"name": "qfedavg", "q": 0.1},
+    "qfedavg_q0.01": {"name": "qfedavg", "q": 0.01},
     "afl": {"name": "afl", "step_size": 0.01},
     "bulyan": {"name": "bulyan", "byzantine": 1},
     "eagle": {"name": "eagle", "lam": 1.0, "alone_epochs": 5},
