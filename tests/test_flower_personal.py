@@ -34,23 +34,28 @@ ANSWER = {"query": client_app.describe, "train": client_app.train, "evaluate": c
 
 class NodesHere(Grid):
     """A Grid whose nodes answer at once, each by the ClientApp's functions with its own partition-id;
-    `down`: nodes that do not answer."""
+    `drops(message)`, which a test may replace, says whether the node leaves a message unanswered."""
 
     def __init__(self, data_dir, n: int = 2, run: int = 1):
         super().__init__([100 + i for i in range(n)])
         self.contexts = {node: Context(run, node, {"partition-id": i, "data-dir": str(data_dir)}, RecordDict(), {})
                          for i, node in enumerate(self.nodes)}
-        self.down, self.answers = set(), []
-
-    def get_node_ids(self):
-        return [n for n in self.nodes if n not in self.down]
+        self.answers, self.drops = [], lambda m: False
 
     def answer(self, m):
-        if m.metadata.dst_node_id in self.down:
+        if self.drops(m):
             return None
         reply = ANSWER[m.metadata.message_type](m, self.contexts[m.metadata.dst_node_id])
         self.answers.append((m.metadata.message_type, reply))
         return reply
+
+
+def round_2_training(m, node: int) -> dict | None:
+    """The config of `m` if it is round 2's training message to `node`, else None."""
+    config = m.content.config_records.get("config", {})
+    if m.metadata.message_type == "train" and config.get("round") == 2 and m.metadata.dst_node_id == node:
+        return config
+    return None
 
 
 @pytest.fixture
@@ -149,16 +154,13 @@ def test_resume_continues_each_nodes_state_and_a_lost_one_starts_again(tmp_path,
     assert accuracies(resumed[0].records) == pytest.approx(accuracies(whole[-1].records), abs=1e-5)
 
     wiping = NodesHere(mnist_dir)
-    answer = wiping.push_messages
 
-    def wipe_client_1_before_round_2(messages):
-        for m in messages:
-            config = m.content.config_records.get("config", {})
-            if m.metadata.message_type == "train" and config.get("round") == 2 and m.metadata.dst_node_id == 100:
-                shutil.rmtree(node_state.store(config["experiment"], int(config["seed"]), 0).folder)
-        return answer(messages)
+    def wipe_client_1_before_round_2(m):
+        if config := round_2_training(m, node=100):
+            shutil.rmtree(node_state.store(config["experiment"], int(config["seed"]), 0).folder)
+        return False  # the node answers, from what is left of its state
 
-    wiping.push_messages = wipe_client_1_before_round_2
+    wiping.drops = wipe_client_1_before_round_2
     monkeypatch.setattr(TaskIdentity, "_run_id", 4)
     _, lost = deploy_here(wiping, overrides, tmp_path / "lost")
     assert [r.number for r in lost] == [1, 2, 3]
@@ -173,19 +175,7 @@ def test_a_node_silent_in_a_round_is_left_out_and_its_state_waits(tmp_path, mnis
     head phase and Ditto's personal model read the answers of the one message), and client 2 is
     scored with the state it had after round 1."""
     grid = NodesHere(mnist_dir)
-    answer = grid.push_messages
-
-    def silent_in_round_2(messages):
-        for m in messages:
-            config = m.content.config_records.get("config", {})
-            if m.metadata.message_type == "train" and config.get("round") == 2 and m.metadata.dst_node_id == 101:
-                grid.down.add(101)
-        try:
-            return answer(messages)
-        finally:
-            grid.down.discard(101)
-
-    grid.push_messages = silent_in_round_2
+    grid.drops = lambda m: round_2_training(m, node=101) is not None
     exp, _ = load_experiment(CONFIGS / "seed.toml", [*SMALL, f"strategy={strategy}"])
     out = tmp_path / "out"
     out.mkdir()
