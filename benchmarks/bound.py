@@ -171,7 +171,7 @@ def bound_case(fed: setup.McMahan, case: str, repeats: int, limit_kernel: Kernel
         rounds.append(time.perf_counter() - began)
         dense.append(replay_seconds(calls, workers))
         limits.append(best_gflops(*limit_kernel, YARDSTICK_SECONDS))
-    flops = setup.training_flops_per_sample(setup.model_for(name)) * 10 * 600 * epochs
+    flops = setup.round_flops(name, epochs)
     limit = max(limits)
     return {"case": case, "model": name, "epochs": epochs, "path": path, "workers": workers,
             "s_per_round": statistics.median(rounds), "round_trials": rounds, "dense_calls": len(calls),

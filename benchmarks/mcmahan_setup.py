@@ -102,3 +102,8 @@ def training_flops_per_sample(model: nn.Module, input_shape=(1, 28, 28)) -> floa
     for h in hooks:
         h.remove()
     return 2 * sum(macs) * 2 + 2 * sum(macs[1:])
+
+
+def round_flops(name: str, epochs: int) -> float:
+    """Training FLOPs of one McMahan round: 10 clients (C = 0.1) of 600 samples, `epochs` local epochs."""
+    return training_flops_per_sample(model_for(name)) * 10 * 600 * epochs

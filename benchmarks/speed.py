@@ -130,7 +130,7 @@ def rounds_section(fed, trials: int, rounds: int, with_flower: bool, limit: floa
     rows = []
     for m, e in ROUND_CONFIGS:
         batched, loop = spread(per[(m, e)]["batched"]), spread(per[(m, e)]["loop"])
-        flops = setup.training_flops_per_sample(setup.model_for(m)) * 10 * 600 * e
+        flops = setup.round_flops(m, e)
         fl = flower_runs.get((m, e))
         rows.append({
             "model": m, "epochs": e, "batched": batched, "loop": loop, "loop_threads": per[(m, e)]["loop_threads"],
@@ -149,7 +149,7 @@ def cnn_section(fed, trials: int, rounds: int, limit: float) -> dict:
     for _ in range(trials):
         timed_trials(fed, "cnn", 1, rounds, per)
     batched, loop = spread(per["batched"]), spread(per["loop"])
-    flops = setup.training_flops_per_sample(setup.model_for("cnn")) * 10 * 600
+    flops = setup.round_flops("cnn", 1)
     return {"batched": batched, "loop": loop, "loop_threads": per["loop_threads"], "loop_over_batched": loop["median"] / batched["median"],
             "gflops": flops / batched["median"] / 1e9, "fraction_of_limit": flops / batched["median"] / 1e9 / limit}
 
